@@ -37,9 +37,10 @@ scores), and only when the micro-batch holds more than one sample. On flash atte
 route and from `cu_seqlens` on the other two, and RoPE always reads the position ids, so the two must
 agree; on CPU that is checked.
 
-FSDP2 note for the loop: `packed_hidden_states` calls the body module, not the `*ForCausalLM` root, and
-the head weight is used outside any module's forward; with FSDP2 the body (or each block) and the head
-must be unsharded by their own hooks or explicitly (`unshard()`), not by the root's pre-forward hook.
+FSDP2: `packed_hidden_states` runs the `*ForCausalLM` root's forward (so FSDP2's root hook gathers the
+embedding, final norm and head) with an empty `logits_to_keep` (no logits) and takes the body's output with
+a forward hook. FSDP2 keeps the root's weights gathered after forward, so `lm_head.weight` read afterwards
+is the full matrix and its gradient is reduce-scattered at the end of backward (`redone_fast.parallelize`).
 """
 from __future__ import annotations
 
@@ -401,6 +402,14 @@ def packed_hidden_states(model: PreTrainedModel, input_ids: torch.Tensor, positi
     elif attn in ("sdpa", "eager") and not TRANSFORMERS_DETECTS_PACKING and cu_seqlens.numel() > 2:
         mask_dtype = torch.bool if attn == "sdpa" else body.dtype
         attention_mask = block_causal_mask(cu_seqlens, num_tokens, dtype=mask_dtype, device=input_ids.device)
-    out = body(input_ids=input_ids[None], position_ids=position_ids[None], attention_mask=attention_mask,
-               use_cache=False, **kwargs)
-    return out.last_hidden_state[0]
+    # Through the root module, not the body: FSDP2 gathers the root's weights (embedding, final norm, LM
+    # head) in the root's forward hook. An empty logits_to_keep makes the head compute no logits; a hook on
+    # the body takes its output (after the final norm) on the way.
+    captured = []
+    handle = body.register_forward_hook(lambda module, args, output: captured.append(output.last_hidden_state))
+    try:
+        model(input_ids=input_ids[None], position_ids=position_ids[None], attention_mask=attention_mask,
+              use_cache=False, logits_to_keep=torch.empty(0, dtype=torch.long, device=input_ids.device), **kwargs)
+    finally:
+        handle.remove()
+    return captured[-1][0]

@@ -46,6 +46,12 @@ class PackedBatch:
     def num_samples(self) -> int:
         return len(self.sample_indices)
 
+    def without_targets(self) -> "PackedBatch":
+        """The same tokens with every label ignored: a filler micro-batch with zero loss and zero gradient
+        (ranks with fewer micro-batches than others run these, since FSDP2's forwards are collectives)."""
+        return PackedBatch(self.input_ids, self.position_ids, self.cu_seqlens,
+                           torch.full_like(self.labels, IGNORE_INDEX), [], self.max_seqlen)
+
     def to(self, device) -> "PackedBatch":
         return PackedBatch(self.input_ids.to(device), self.position_ids.to(device), self.cu_seqlens.to(device),
                            self.labels.to(device), self.sample_indices, self.max_seqlen)

@@ -1,0 +1,223 @@
+"""Checkpoints with `torch.distributed.checkpoint` (DCP): saved sharded, reloaded on any number of ranks.
+
+A checkpoint is a folder `step_00000012/` holding
+- the DCP files of the model and optimizer state (each rank writes its shards; `.metadata` maps them, so
+  a checkpoint written by 2 processes loads in 1 and the other way round: DCP reshards on load);
+- `trainer.json`: the step, the scheduler, the data position, the pipeline stage and anything else the
+  caller keeps, as JSON;
+- `rank_<r>.pt`: per-rank tensors (RNG states), loaded with `weights_only=True`;
+- `COMPLETE.json`: written last, with every file's size.
+
+Never overwrite the last good checkpoint before the new one is complete: a save writes into
+`step_<n>.partial/` and renames it once every rank has finished and the manifest is on disk; only then are
+checkpoints beyond `keep` removed. On load, a folder without its manifest, with a file missing or of the
+wrong size, or that DCP cannot read is reported with its path and skipped for the previous good one.
+
+Security: DCP unpickles the non-tensor entries of a state dict (the optimizer's hyperparameters) with
+`torch.load(weights_only=False)`; `SafeLoadPlanner` loads them with `weights_only=True` instead, so a
+tampered checkpoint cannot run code.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint._traverse import set_element
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+__all__ = ["Checkpointer", "CheckpointError", "SafeLoadPlanner", "LoadedCheckpoint"]
+
+MANIFEST = "COMPLETE.json"
+TRAINER_STATE = "trainer.json"
+PARTIAL_SUFFIX = ".partial"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used: `path` and `reason` say which and why."""
+
+    def __init__(self, path, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"checkpoint {self.path}: {reason}")
+
+
+class SafeLoadPlanner(DefaultLoadPlanner):
+    """DCP's default planner, but non-tensor entries are unpickled with `weights_only=True`."""
+
+    def load_bytes(self, read_item, value) -> None:
+        obj = torch.load(value, weights_only=True)
+        if self.flatten_state_dict:
+            set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
+        else:
+            self.state_dict[read_item.dest_index.fqn] = obj
+
+
+@dataclass
+class LoadedCheckpoint:
+    path: Path
+    step: int
+    trainer_state: dict
+    rank_state: dict = field(default_factory=dict)
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def _world() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def _barrier() -> None:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def _fsync_write(path: Path, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+class Checkpointer:
+    """Saves and finds checkpoints under `folder` (shared by all ranks: one filesystem for every node)."""
+
+    def __init__(self, folder, *, keep: int = 2):
+        if keep < 1:
+            raise ValueError(f"keep: at least 1 checkpoint must be kept, got {keep}")
+        self.folder = Path(os.fspath(folder))
+        self.keep = keep
+        self.rejected: list[CheckpointError] = []  # checkpoints found unusable by the last load
+
+    @staticmethod
+    def step_folder_name(step: int) -> str:
+        return f"step_{step:08d}"
+
+    def complete(self) -> list[Path]:
+        """Folders that finished saving (a manifest is present), newest first; validity is checked on load."""
+        if not self.folder.is_dir():
+            return []
+        found = []
+        for path in self.folder.iterdir():
+            if path.is_dir() and path.name.startswith("step_") and not path.name.endswith(PARTIAL_SUFFIX):
+                try:
+                    step = int(path.name[len("step_"):])
+                except ValueError:
+                    continue
+                found.append((step, path))
+        return [path for _, path in sorted(found, reverse=True)]
+
+    def partial(self) -> list[Path]:
+        if not self.folder.is_dir():
+            return []
+        return sorted(p for p in self.folder.iterdir() if p.is_dir() and p.name.endswith(PARTIAL_SUFFIX))
+
+    # --- save ---------------------------------------------------------------------------------------
+
+    def save(self, step: int, model, optimizer, *, trainer_state: dict, rank_state: dict | None = None) -> Path:
+        """Save on every rank (a collective); returns the final folder. `trainer_state` must be JSON."""
+        final = self.folder / self.step_folder_name(step)
+        tmp = final.with_name(final.name + PARTIAL_SUFFIX)
+        text = json.dumps({**trainer_state, "step": step, "world_size": _world()}, indent=1, sort_keys=True)
+        if _rank() == 0:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            if tmp.exists():  # left by a save that was killed: never a good checkpoint
+                shutil.rmtree(tmp)
+            tmp.mkdir()
+        _barrier()
+        model_state, optim_state = get_state_dict(model, optimizer)
+        dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(tmp))
+        torch.save(rank_state or {}, tmp / f"rank_{_rank()}.pt")
+        _barrier()
+        if _rank() == 0:
+            _fsync_write(tmp / TRAINER_STATE, text)
+            files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}
+            _fsync_write(tmp / MANIFEST, json.dumps({"step": step, "world_size": _world(), "files": files},
+                                                    indent=1, sort_keys=True))
+            if final.exists():  # the same step saved again (a resumed run): replace it only now
+                old = final.with_name(final.name + ".old")
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(final, old)
+                os.replace(tmp, final)
+                shutil.rmtree(old)
+            else:
+                os.replace(tmp, final)
+            for stale in self.complete()[self.keep:]:
+                shutil.rmtree(stale, ignore_errors=True)
+        _barrier()
+        return final
+
+    # --- load ---------------------------------------------------------------------------------------
+
+    def validate(self, path: Path) -> dict:
+        """The manifest of a complete, intact-looking checkpoint; CheckpointError otherwise."""
+        manifest_file = path / MANIFEST
+        if not manifest_file.is_file():
+            raise CheckpointError(path, f"no {MANIFEST}: the save did not finish (partial checkpoint)")
+        try:
+            manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
+            files = manifest["files"]
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+            raise CheckpointError(path, f"{MANIFEST} is unreadable: {e}") from e
+        for name, size in files.items():
+            file = path / name
+            if not file.is_file():
+                raise CheckpointError(path, f"{name} is missing")
+            if file.stat().st_size != size:
+                raise CheckpointError(path, f"{name} has {file.stat().st_size} bytes, the manifest says {size} "
+                                            "(truncated or overwritten)")
+        return manifest
+
+    def load(self, path: Path, model, optimizer) -> LoadedCheckpoint:
+        """Load one checkpoint into `model` and `optimizer` (a collective); CheckpointError if unusable."""
+        path = Path(path)
+        self.validate(path)
+        try:
+            trainer_state = json.loads((path / TRAINER_STATE).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise CheckpointError(path, f"{TRAINER_STATE} is unreadable: {e}") from e
+        model_state, optim_state = get_state_dict(model, optimizer)
+        state = {"model": model_state, "optim": optim_state}
+        try:
+            dcp.load(state, checkpoint_id=str(path), planner=SafeLoadPlanner())
+        except Exception as e:  # DCP wraps reader errors in CheckpointException (a BaseException subclass)
+            raise CheckpointError(path, f"the model/optimizer state cannot be read: {type(e).__name__}: "
+                                        f"{str(e)[:500]}") from e
+        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        rank_file = path / f"rank_{_rank()}.pt"
+        rank_state = torch.load(rank_file, weights_only=True) if rank_file.is_file() else {}
+        return LoadedCheckpoint(path=path, step=int(trainer_state["step"]), trainer_state=trainer_state,
+                                rank_state=rank_state)
+
+    def load_latest(self, model, optimizer) -> LoadedCheckpoint | None:
+        """The newest usable checkpoint, loaded; unusable ones are reported (warning + `rejected`) and skipped."""
+        self.rejected = []
+        for path in self.partial():
+            self.rejected.append(CheckpointError(path, "partial checkpoint (the save was interrupted); ignored"))
+        touched = None  # a checkpoint whose DCP read failed midway may have overwritten part of the model
+        for path in self.complete():
+            try:
+                return self.load(path, model, optimizer)
+            except CheckpointError as e:
+                self.rejected.append(e)
+                if "cannot be read" in e.reason:
+                    touched = e
+        if touched is not None:
+            raise CheckpointError(touched.path, f"{touched.reason}; no older checkpoint could be loaded and the "
+                                                "model may be partly overwritten: move the folder away to start "
+                                                "from the initial weights")
+        return None
+
+    def report_rejected(self) -> None:
+        if _rank() == 0:
+            for error in self.rejected:
+                warnings.warn(str(error), RuntimeWarning, stacklevel=2)

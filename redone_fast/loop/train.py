@@ -1,0 +1,152 @@
+"""`train`: the outer loop every stage runs: resume, steps, logging, evaluation, checkpoints, stop signals.
+
+It knows nothing of which stage runs it (DESIGN section 2): a stage hands it a `Trainer` (model,
+optimizer, schedule, objective), a `StepSource` (this rank's micro-batches for each step, and a JSON data
+position), and a run folder. Re-running with the same folder resumes from the newest good checkpoint:
+model, optimizer, schedule, RNG states, data position and skipped-step count are restored, and the
+remaining steps give the same losses as an uninterrupted run (tests/test_fsdp_loop.py kills a run with
+SIGKILL to check it).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol
+
+import torch
+
+from redone_fast.distributed import DistContext, any_rank
+from redone_fast.loop.checkpoint import Checkpointer
+from redone_fast.loop.metrics import MetricsLogger
+from redone_fast.loop.signals import StopRequest, maybe_crash_for_test
+from redone_fast.loop.step import Objective, train_step
+
+__all__ = ["LoopConfig", "Trainer", "StepSource", "TrainOutcome", "train"]
+
+
+@dataclass
+class LoopConfig:
+    """How long to train and how often to log, evaluate and checkpoint (0 = never, except at the end: the
+    last step is always logged, evaluated and checkpointed)."""
+
+    total_steps: int
+    log_every: int = 1
+    eval_every: int = 0
+    checkpoint_every: int = 0
+    keep_checkpoints: int = 2
+    grad_clip: float = 1.0
+
+
+@dataclass
+class Trainer:
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    objective: Objective
+    ctx: DistContext
+
+
+class StepSource(Protocol):
+    def next_step(self) -> list:
+        """This rank's micro-batches for the next optimizer step (the same count on every rank)."""
+
+    def state_dict(self) -> dict:
+        """The data position after the last step returned (JSON)."""
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+    # Optional: `last_step_tokens`, every token of the last global batch (for tokens/s in the logs).
+
+
+@dataclass
+class TrainOutcome:
+    status: str  # "finished" or "stopped" (a signal: checkpoint saved)
+    step: int
+    resumed_from: int | None = None
+    skipped_steps: int = 0
+    history: list[dict] = field(default_factory=list)  # logged rows of this process (rank 0)
+
+
+def _rank_state(device: torch.device) -> dict:
+    state = {"cpu_rng": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda_rng"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _restore_rank_state(state: dict, device: torch.device) -> None:
+    if "cpu_rng" in state:
+        torch.set_rng_state(state["cpu_rng"])
+    if device.type == "cuda" and "cuda_rng" in state:
+        torch.cuda.set_rng_state(state["cuda_rng"], device)
+
+
+def train(trainer: Trainer, data: StepSource, cfg: LoopConfig, *, run_dir, stage: str = "train",
+          checkpoint_dir=None, evaluate: Callable[[], dict] | None = None, extra_state: dict | None = None,
+          logger: MetricsLogger | None = None) -> TrainOutcome:
+    """Run (or resume) `cfg.total_steps` optimizer steps; see the module docstring."""
+    ctx = trainer.ctx
+    run_dir = Path(run_dir)
+    checkpointer = Checkpointer(checkpoint_dir or run_dir / "checkpoints", keep=cfg.keep_checkpoints)
+    own_logger = logger is None
+    logger = logger or MetricsLogger(run_dir, stage=stage, total_steps=cfg.total_steps, enabled=ctx.is_main)
+    outcome = TrainOutcome(status="finished", step=0)
+    skipped_total = torch.zeros((), device=ctx.device)
+
+    loaded = checkpointer.load_latest(trainer.model, trainer.optimizer)
+    for error in checkpointer.rejected:
+        logger.message(f"warning: {error}")
+    if loaded is not None:
+        state = loaded.trainer_state
+        trainer.scheduler.load_state_dict(state["scheduler"])
+        data.load_state_dict(state["data"])
+        _restore_rank_state(loaded.rank_state, ctx.device)
+        skipped_total += state.get("skipped_steps", 0)
+        outcome.step = outcome.resumed_from = loaded.step
+        logger.resume_from(loaded.step)
+        logger.message(f"[{stage}] resumed from {loaded.path} (step {loaded.step}/{cfg.total_steps})")
+
+    def save(step: int) -> None:
+        trainer_state = {"stage": stage, "scheduler": trainer.scheduler.state_dict(), "data": data.state_dict(),
+                         "skipped_steps": int(skipped_total.item()), **(extra_state or {})}
+        path = checkpointer.save(step, trainer.model, trainer.optimizer, trainer_state=trainer_state,
+                                 rank_state=_rank_state(ctx.device))
+        logger.message(f"[{stage}] checkpoint {path}")
+
+    try:
+        with StopRequest() as stop:
+            last_saved = outcome.step
+            while outcome.step < cfg.total_steps:
+                micro_batches = data.next_step()
+                result = train_step(trainer.model, trainer.optimizer, trainer.scheduler, micro_batches,
+                                    trainer.objective, grad_clip=cfg.grad_clip, world_size=ctx.world_size,
+                                    device=ctx.device)
+                outcome.step += 1
+                step = outcome.step
+                skipped_total += result.skipped
+                eval_now = evaluate is not None and (step == cfg.total_steps
+                                                     or (cfg.eval_every and step % cfg.eval_every == 0))
+                if step % cfg.log_every == 0 or step == cfg.total_steps or eval_now:
+                    row = result.as_floats()
+                    row["skipped_steps"] = float(skipped_total.item())
+                    if eval_now:
+                        row.update(evaluate())
+                    # tokens/s counts every token of the global batch (prompts too) when the source knows it
+                    outcome.history.append(logger.log(step, row, tokens=getattr(data, "last_step_tokens", None))
+                                           | {"step": step})
+                if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.total_steps:
+                    save(step)
+                    last_saved = step
+                maybe_crash_for_test(step)
+                if any_rank(stop.requested) and step < cfg.total_steps:
+                    if last_saved != step:
+                        save(step)
+                    logger.message(f"[{stage}] stopped by signal {stop.signal} after step {step}; "
+                                   "re-run with the same run folder to resume")
+                    outcome.status = "stopped"
+                    break
+    finally:
+        if own_logger:
+            logger.close()
+    outcome.skipped_steps = int(skipped_total.item())
+    return outcome

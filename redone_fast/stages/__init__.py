@@ -1,0 +1,1 @@
+"""Training stages on the loop: SFT (stage 2's engine); the RL stage follows (DESIGN section 1)."""
