@@ -34,3 +34,12 @@ def device_backend(request):
 @pytest.fixture(autouse=True)
 def _seeded():
     torch.manual_seed(1234)
+
+
+@pytest.fixture(scope="session")
+def dist_ctx():
+    """A one-rank process group (gloo, in-memory store) for the FSDP2 loop's in-process tests."""
+    from redone_fast.distributed import destroy_distributed, init_distributed
+    ctx = init_distributed("cpu")
+    yield ctx
+    destroy_distributed()

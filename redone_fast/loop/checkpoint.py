@@ -6,34 +6,43 @@ A checkpoint is a folder `step_00000012/` holding
 - `trainer.json`: the step, the scheduler, the data position, the pipeline stage and anything else the
   caller keeps, as JSON;
 - `rank_<r>.pt`: per-rank tensors (RNG states), loaded with `weights_only=True`;
-- `COMPLETE.json`: written last, with every file's size.
+- `COMPLETE.json`: written last, with every file's size and CRC-32 (the files are hashed in parallel:
+  rank r hashes every W-th file, about 1-2 GB/s per rank).
 
 Never overwrite the last good checkpoint before the new one is complete: a save writes into
 `step_<n>.partial/` and renames it once every rank has finished and the manifest is on disk; only then are
-checkpoints beyond `keep` removed. On load, a folder without its manifest, with a file missing or of the
-wrong size, or that DCP cannot read is reported with its path and skipped for the previous good one.
+checkpoints beyond `keep` removed. On load, a folder without its manifest, with a file missing, of the wrong
+size or with the wrong checksum, or that DCP cannot read is reported with its path and skipped for the
+previous good one.
 
-Security: DCP unpickles the non-tensor entries of a state dict (the optimizer's hyperparameters) with
-`torch.load(weights_only=False)`; `SafeLoadPlanner` loads them with `weights_only=True` instead, so a
-tampered checkpoint cannot run code.
+Security: a tampered checkpoint must not run code. DCP unpickles two things without restriction: the
+non-tensor entries of a state dict (the optimizer's hyperparameters, `torch.load(weights_only=False)`),
+which `SafeLoadPlanner` loads with `weights_only=True` instead, and the `.metadata` index (a plain
+`pickle.load`), which `SafeFileSystemReader` reads with an unpickler that only resolves DCP's own metadata
+classes, torch sizes, dtypes and layouts, and paths.
 """
 from __future__ import annotations
 
 import json
 import os
+import pathlib
+import pickle
 import shutil
 import warnings
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint._traverse import set_element
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+from torch.distributed.checkpoint.metadata import StorageMeta
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-__all__ = ["Checkpointer", "CheckpointError", "SafeLoadPlanner", "LoadedCheckpoint"]
+__all__ = ["Checkpointer", "CheckpointError", "SafeLoadPlanner", "SafeFileSystemReader", "LoadedCheckpoint"]
 
 MANIFEST = "COMPLETE.json"
 TRAINER_STATE = "trainer.json"
@@ -60,6 +69,37 @@ class SafeLoadPlanner(DefaultLoadPlanner):
             self.state_dict[read_item.dest_index.fqn] = obj
 
 
+class _MetadataUnpickler(pickle.Unpickler):
+    """Resolves only the globals a DCP `.metadata` file legitimately references."""
+
+    _MODULES = ("torch.distributed.checkpoint.metadata",)
+    _NAMES = {("torch.distributed.checkpoint.filesystem", "_StorageInfo"), ("torch", "Size"),
+              ("torch.serialization", "_get_layout"), ("collections", "OrderedDict"),
+              ("pathlib", "PosixPath"), ("pathlib", "PurePosixPath"), ("pathlib", "WindowsPath"),
+              ("pathlib", "PureWindowsPath")}
+
+    def find_class(self, module: str, name: str):
+        if module in self._MODULES or (module, name) in self._NAMES:
+            return super().find_class(module, name)
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            return getattr(torch, name)
+        raise pickle.UnpicklingError(f"checkpoint metadata references {module}.{name}, which is not allowed")
+
+
+class SafeFileSystemReader(dcp.FileSystemReader):
+    """DCP's file reader, but `.metadata` is unpickled with `_MetadataUnpickler`."""
+
+    def read_metadata(self, *args, **kwargs):
+        rank = kwargs.get("rank")
+        name = ".metadata" if rank is None else f"__{rank}.metadata"
+        with open(pathlib.Path(self.path) / name, "rb") as f:
+            metadata = _MetadataUnpickler(f).load()
+        if getattr(metadata, "storage_meta", None) is None:
+            metadata.storage_meta = StorageMeta()
+        metadata.storage_meta.load_id = getattr(self, "load_id", None)
+        return metadata
+
+
 @dataclass
 class LoadedCheckpoint:
     path: Path
@@ -79,6 +119,34 @@ def _world() -> int:
 def _barrier() -> None:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
+
+
+def _describe(error: BaseException) -> str:
+    """The root cause of a DCP failure (CheckpointException carries each rank's exception and traceback)."""
+    failures = getattr(error, "failures", None)
+    if isinstance(failures, dict) and failures:
+        rank, failure = sorted(failures.items())[0]
+        cause = failure[0] if isinstance(failure, tuple) else failure
+        return f"{type(cause).__name__}: {str(cause)[:300]} (rank {rank})"
+    return f"{type(error).__name__}: {str(error)[:300]}"
+
+
+def _crc32(path: Path, block: int = 16 << 20) -> int:
+    crc = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            crc = zlib.crc32(chunk, crc)
+    return crc
+
+
+def _checksums(folder: Path, names: list[str]) -> dict[str, int]:
+    """CRC-32 of each named file, the work split over the ranks (a collective when there are several)."""
+    mine = {name: _crc32(folder / name) for name in names[_rank()::_world()]}
+    if _world() == 1:
+        return mine
+    gathered: list = [None] * _world()
+    dist.all_gather_object(gathered, mine)
+    return {name: crc for part in gathered for name, crc in part.items()}
 
 
 def _fsync_write(path: Path, text: str) -> None:
@@ -137,10 +205,13 @@ class Checkpointer:
         model_state, optim_state = get_state_dict(model, optimizer)
         dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(tmp))
         torch.save(rank_state or {}, tmp / f"rank_{_rank()}.pt")
-        _barrier()
         if _rank() == 0:
             _fsync_write(tmp / TRAINER_STATE, text)
-            files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}
+        _barrier()
+        names = sorted(p.name for p in tmp.iterdir() if p.is_file())
+        crcs = _checksums(tmp, names)
+        if _rank() == 0:
+            files = {name: {"bytes": (tmp / name).stat().st_size, "crc32": crcs[name]} for name in names}
             _fsync_write(tmp / MANIFEST, json.dumps({"step": step, "world_size": _world(), "files": files},
                                                     indent=1, sort_keys=True))
             if final.exists():  # the same step saved again (a resumed run): replace it only now
@@ -168,13 +239,21 @@ class Checkpointer:
             files = manifest["files"]
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
             raise CheckpointError(path, f"{MANIFEST} is unreadable: {e}") from e
-        for name, size in files.items():
+        try:
+            expected = {name: (int(entry["bytes"]), int(entry["crc32"])) for name, entry in files.items()}
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(path, f"{MANIFEST} is malformed: {e}") from e
+        for name, (size, _) in expected.items():
             file = path / name
             if not file.is_file():
                 raise CheckpointError(path, f"{name} is missing")
             if file.stat().st_size != size:
                 raise CheckpointError(path, f"{name} has {file.stat().st_size} bytes, the manifest says {size} "
                                             "(truncated or overwritten)")
+        actual = _checksums(path, sorted(expected))
+        bad = [name for name in sorted(expected) if actual[name] != expected[name][1]]
+        if bad:
+            raise CheckpointError(path, f"checksum mismatch in {', '.join(bad)} (corrupted)")
         return manifest
 
     def load(self, path: Path, model, optimizer) -> LoadedCheckpoint:
@@ -188,10 +267,9 @@ class Checkpointer:
         model_state, optim_state = get_state_dict(model, optimizer)
         state = {"model": model_state, "optim": optim_state}
         try:
-            dcp.load(state, checkpoint_id=str(path), planner=SafeLoadPlanner())
-        except Exception as e:  # DCP wraps reader errors in CheckpointException (a BaseException subclass)
-            raise CheckpointError(path, f"the model/optimizer state cannot be read: {type(e).__name__}: "
-                                        f"{str(e)[:500]}") from e
+            dcp.load(state, storage_reader=SafeFileSystemReader(str(path)), planner=SafeLoadPlanner())
+        except (Exception, CheckpointException) as e:  # DCP's CheckpointException is a BaseException
+            raise CheckpointError(path, f"the model/optimizer state cannot be read: {_describe(e)}") from e
         set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
         rank_file = path / f"rank_{_rank()}.pt"
         rank_state = torch.load(rank_file, weights_only=True) if rank_file.is_file() else {}

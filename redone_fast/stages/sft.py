@@ -93,12 +93,24 @@ def _encode_files(tokenizer, files: list[str], max_length: int, limit: int | Non
     return [encode_sample(tokenizer, s, max_length) for s in samples]
 
 
+def _eval_loss_fn(model, eval_batches, objective, device):
+    from redone_fast.loop import evaluate_loss
+
+    def evaluate() -> dict:
+        model.eval()
+        try:
+            return {"eval_loss": float(evaluate_loss(model, eval_batches, objective, device=device))}
+        finally:
+            model.train()
+    return evaluate
+
+
 def run_sft(cfg: SFTConfig, run_dir, *, stage: str = "sft") -> dict:
     """Train (or resume) the SFT stage in `run_dir`; returns a summary (also written as sft_result.json)."""
     from redone_fast.data.packing import pack
     from redone_fast.distributed import init_distributed
     from redone_fast.loop import (LoopConfig, TokenCrossEntropy, Trainer, build_optimizer, build_scheduler,
-                                  evaluate_loss, rank_micro_batches, train)
+                                  rank_micro_batches, train)
     from redone_fast.loop.export import export_hf
     from redone_fast.model import load_tokenizer
     from redone_fast.parallelize import build_model
@@ -134,13 +146,7 @@ def run_sft(cfg: SFTConfig, run_dir, *, stage: str = "sft") -> dict:
         eval_samples = _encode_files(tokenizer, cfg.eval_files, cfg.max_length, cfg.eval_max_samples)
         eval_batches, _ = pack(eval_samples, cfg.micro_batch_tokens, max_length=cfg.max_length, overlong=cfg.overlong)
         eval_batches = rank_micro_batches(eval_batches, ctx.rank, ctx.world_size, PackedBatch.without_targets)
-
-        def evaluate() -> dict:
-            model.eval()
-            try:
-                return {"eval_loss": float(evaluate_loss(model, eval_batches, objective, device=ctx.device))}
-            finally:
-                model.train()
+        evaluate = _eval_loss_fn(model, eval_batches, objective, ctx.device)
 
     loop = LoopConfig(total_steps=total_steps, log_every=cfg.log_every, eval_every=cfg.eval_every or total_steps,
                       checkpoint_every=cfg.checkpoint_every, keep_checkpoints=cfg.keep_checkpoints,
