@@ -78,7 +78,10 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls, *, prefix: str = 
         text = f.metadata.get("help", "")
         shown = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value
         flags = ["--" + name.replace("_", "-")] + (["--" + name] if "_" in name else [])
+        base, optional = _unwrap_optional(tp)
+        is_list = not optional and typing.get_origin(base) in (list, tuple)
         parser.add_argument(*flags, dest=name, type=_parser_for(tp), default=argparse.SUPPRESS,
+                            action="extend" if is_list else "store",  # a repeated list option adds its items
                             metavar=_metavar(tp), help=f"{text} (default: {shown})".strip())
 
 

@@ -40,9 +40,11 @@ class OptimConfig:
     def __post_init__(self):
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule: must be one of {SCHEDULES}, got {self.schedule!r}")
-        if self.lr <= 0 or self.warmup_steps < 0 or not 0 <= self.warmup_ratio < 1 or self.grad_clip < 0:
+        if self.lr <= 0 or self.warmup_steps < 0 or not 0 <= self.warmup_ratio < 1 or self.grad_clip < 0 \
+                or not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"optimizer settings out of range: lr={self.lr}, warmup_steps={self.warmup_steps}, "
-                             f"warmup_ratio={self.warmup_ratio}, grad_clip={self.grad_clip}")
+                             f"warmup_ratio={self.warmup_ratio}, grad_clip={self.grad_clip}, "
+                             f"min_lr_ratio={self.min_lr_ratio}")
 
 
 def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
@@ -56,7 +58,8 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Ada
 
 
 def warmup_steps(cfg: OptimConfig, total_steps: int) -> int:
-    return cfg.warmup_steps or int(math.ceil(cfg.warmup_ratio * total_steps))
+    # ceil, less a hair: 0.07 * 100 is 7.000000000000001 in floating point, which must give 7, not 8
+    return cfg.warmup_steps or int(math.ceil(cfg.warmup_ratio * total_steps - 1e-9))
 
 
 def lr_factor(step: int, cfg: OptimConfig, total_steps: int) -> float:

@@ -103,8 +103,9 @@ def train(trainer: Trainer, data: StepSource, cfg: LoopConfig, *, run_dir, stage
         _restore_rank_state(loaded.rank_state, ctx.device)
         skipped_total += state.get("skipped_steps", 0)
         outcome.step = outcome.resumed_from = loaded.step
-        logger.resume_from(loaded.step)
         logger.message(f"[{stage}] resumed from {loaded.path} (step {loaded.step}/{cfg.total_steps})")
+
+    logger.resume_from(outcome.step)  # rows of steps that will run again (even from step 0) are dropped
 
     def save(step: int) -> None:
         trainer_state = {"stage": stage, "scheduler": trainer.scheduler.state_dict(), "data": data.state_dict(),
@@ -116,8 +117,10 @@ def train(trainer: Trainer, data: StepSource, cfg: LoopConfig, *, run_dir, stage
     try:
         with StopRequest() as stop:
             last_saved = outcome.step
+            tokens_since_log = 0
             while outcome.step < cfg.total_steps:
                 micro_batches = data.next_step()
+                tokens_since_log += getattr(data, "last_step_tokens", 0)
                 result = train_step(trainer.model, trainer.optimizer, trainer.scheduler, micro_batches,
                                     trainer.objective, grad_clip=cfg.grad_clip, world_size=ctx.world_size,
                                     device=ctx.device)
@@ -131,9 +134,9 @@ def train(trainer: Trainer, data: StepSource, cfg: LoopConfig, *, run_dir, stage
                     row["skipped_steps"] = float(skipped_total.item())
                     if eval_now:
                         row.update(evaluate())
-                    # tokens/s counts every token of the global batch (prompts too) when the source knows it
-                    outcome.history.append(logger.log(step, row, tokens=getattr(data, "last_step_tokens", None))
-                                           | {"step": step})
+                    # tokens/s counts every token of the global batches (prompts too) when the source knows it
+                    outcome.history.append(logger.log(step, row, tokens=tokens_since_log or None) | {"step": step})
+                    tokens_since_log = 0
                 if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.total_steps:
                     save(step)
                     last_saved = step

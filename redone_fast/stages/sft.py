@@ -169,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--run-dir", required=True, help="run folder (checkpoints, metrics, export); reused = resume")
     parser.add_argument("--preset", default="tiny", choices=PRESETS, help="starting settings")
-    add_config_arguments(parser, SFTConfig)
+    add_config_arguments(parser, SFTConfig, defaults=preset("tiny"))  # defaults shown: the default preset
     return parser
 
 

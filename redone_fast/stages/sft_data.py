@@ -45,8 +45,8 @@ class EpochMix:
             raise ValueError(f"general_ratio: must be in [0, 1), got {self.general_ratio}")
         if self.general_ratio > 0 and self.num_general == 0:
             raise ValueError("general_ratio > 0 but the general pool is empty")
-        if self.num_task == 0 and self.general_ratio == 0:
-            raise ValueError("no training samples")
+        if self.num_task == 0:  # the general share is a ratio of the task samples: no task, no samples
+            raise ValueError("no training samples (the task pool is empty)")
 
     @property
     def general_per_epoch(self) -> int:
@@ -115,6 +115,8 @@ class SFTBatches:
         return sum(len(self.steps_of_epoch(e)) for e in range(self.epochs))
 
     def next_step(self) -> list[PackedBatch]:
+        if self.epoch >= self.epochs:  # already exhausted: do not run into an epoch beyond `epochs`
+            raise StopIteration("the SFT data is exhausted (all epochs done)")
         steps = self.steps_of_epoch(self.epoch)
         if self.step_in_epoch >= len(steps):
             self.epoch, self.step_in_epoch = self.epoch + 1, 0
