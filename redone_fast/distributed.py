@@ -7,6 +7,7 @@ flags), "gloo" on CPU.
 """
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -26,6 +27,7 @@ class DistContext:
     device: torch.device
     mesh: DeviceMesh
     launched: bool  # True under torchrun (the group was not made up for a single process)
+    created_group: bool  # this call created the process group (it is destroyed at exit)
 
     @property
     def is_main(self) -> bool:
@@ -48,15 +50,19 @@ def init_distributed(device: str | torch.device | None = None, *, timeout_s: flo
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     backend = "cuda:nccl,cpu:gloo" if device.type == "cuda" else "gloo"
-    if not dist.is_initialized():
+    created = not dist.is_initialized()
+    if created:
         timeout = timedelta(seconds=timeout_s)
         if launched:
             dist.init_process_group(backend, timeout=timeout)
         else:  # a mesh of one: no rendezvous, no port
             dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
+        # A process that exits with a live gloo group can abort ("terminate called without an active
+        # exception", seen under torchrun): the group this call created is destroyed at exit.
+        atexit.register(destroy_distributed)
     mesh = init_device_mesh(device.type, (dist.get_world_size(),), mesh_dim_names=("dp",))
     return DistContext(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank,
-                       device=device, mesh=mesh, launched=launched)
+                       device=device, mesh=mesh, launched=launched, created_group=created)
 
 
 def destroy_distributed() -> None:
