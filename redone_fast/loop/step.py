@@ -39,7 +39,10 @@ class Objective(Protocol):
         """This micro-batch's share of the normaliser (e.g. its loss tokens), a device scalar."""
 
     def loss(self, hidden: torch.Tensor, weight: torch.Tensor, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """(loss summed over the micro-batch, metric sums), from hidden [T, H] and the head weight [V, H]."""
+        """(loss summed over the micro-batch, metric sums), from hidden [T, H] and the head weight [V, H].
+
+        Metric sums are summed over micro-batches and ranks and reported as sums (StepResult.metrics): an
+        objective that wants means also returns the count to divide by."""
 
 
 @dataclass
@@ -68,7 +71,7 @@ class StepResult:
     grad_norm: torch.Tensor  # before clipping
     skipped: torch.Tensor  # 1.0 when the gradients were not finite and the update was not applied
     lr: float
-    metrics: dict[str, torch.Tensor] = field(default_factory=dict)  # objective's global sums / count
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)  # objective's metric sums over all ranks
 
     def as_floats(self) -> dict[str, float]:
         values = torch.stack([self.loss.float(), self.count.float(), self.grad_norm.float(), self.skipped.float(),
@@ -160,7 +163,7 @@ def train_step(model, optimizer, scheduler, micro_batches: Sequence, objective: 
     totals = all_reduce_sum(torch.stack([loss_sum, *(metric_sums[n] for n in names)]))
     denominator = global_count.clamp(min=1)
     return StepResult(loss=totals[0] / denominator, count=global_count, grad_norm=norm, skipped=found_inf,
-                      lr=lr, metrics={n: totals[i + 1] / denominator for i, n in enumerate(names)})
+                      lr=lr, metrics={n: totals[i + 1] for i, n in enumerate(names)})
 
 
 @torch.no_grad()

@@ -9,6 +9,7 @@ SIGKILL to check it).
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
@@ -55,7 +56,9 @@ class StepSource(Protocol):
 
     def load_state_dict(self, state: dict) -> None: ...
 
-    # Optional: `last_step_tokens`, every token of the last global batch (for tokens/s in the logs).
+    # Optional: `last_step_tokens`, every token of the last global batch (for tokens/s in the logs), and
+    # `pop_metrics() -> dict[str, float]`, figures of its own (an RL source's rewards and phase times)
+    # added to the next logged row.
 
 
 @dataclass
@@ -121,6 +124,7 @@ def train(trainer: Trainer, data: StepSource, cfg: LoopConfig, *, run_dir, stage
             while outcome.step < cfg.total_steps:
                 micro_batches = data.next_step()
                 tokens_since_log += getattr(data, "last_step_tokens", 0)
+                update_started = time.perf_counter()
                 result = train_step(trainer.model, trainer.optimizer, trainer.scheduler, micro_batches,
                                     trainer.objective, grad_clip=cfg.grad_clip, world_size=ctx.world_size,
                                     device=ctx.device)
@@ -130,8 +134,12 @@ def train(trainer: Trainer, data: StepSource, cfg: LoopConfig, *, run_dir, stage
                 eval_now = evaluate is not None and (step == cfg.total_steps
                                                      or (cfg.eval_every and step % cfg.eval_every == 0))
                 if step % cfg.log_every == 0 or step == cfg.total_steps or eval_now:
-                    row = result.as_floats()
+                    row = result.as_floats()  # synchronises: update_s below includes the device work
+                    row["update_s"] = time.perf_counter() - update_started
                     row["skipped_steps"] = float(skipped_total.item())
+                    pop_metrics = getattr(data, "pop_metrics", None)
+                    if pop_metrics is not None:
+                        row.update(pop_metrics())
                     if eval_now:
                         row.update(evaluate())
                     # tokens/s counts every token of the global batches (prompts too) when the source knows it

@@ -1,0 +1,138 @@
+"""DAPO's clipped policy-gradient objective on packed rollouts, through the fused no-logits op.
+
+Per response token t of sequence i, with r = exp(logp - old_logp) and A_i the group-relative advantage:
+
+    l_t = -min(r * A, clip(r, 1 - eps_low, 1 + eps_high) * A)            (DAPO: decoupled "clip-higher")
+    l_t = min(l_t, -dual_clip * A)  where A < 0, when dual_clip is set    (dual-clip PPO, Ye et al. 2020)
+    l_t += kl_coef * k3(ref_logp, logp)                                   (optional; off by default)
+
+k3(ref, logp) = exp(ref - logp) - (ref - logp) - 1 (Schulman's unbiased, positive KL estimator). The
+aggregation over the global mini-batch (every micro-batch and rank):
+
+    token-mean                 sum_i sum_t l_t / sum_i |o_i|        (DAPO's token-level loss; the default)
+    seq-mean-token-mean        sum_i (sum_t l_t / |o_i|) / N        (RedOne 2.0's equation as printed, GRPO's)
+    seq-mean-token-sum         sum_i sum_t l_t / N
+
+The loop divides by the objective's global denominator, so each mode is a per-token weight (1 or 1/|o_i|)
+and a denominator (tokens or sequences). Log-probs are of the temperature-scaled logits, the distribution
+the rollouts were sampled from.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from redone_fast.ops import linear_logprobs
+
+__all__ = ["RLMicroBatch", "DAPOObjective", "AGGREGATIONS"]
+
+IGNORE_INDEX = -100
+AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum")
+
+
+@dataclass
+class RLMicroBatch:
+    """Packed prompt+response sequences with what the policy loss needs per token."""
+
+    input_ids: torch.Tensor  # [T] int64
+    position_ids: torch.Tensor  # [T] int64, 0 at each sequence's first token
+    cu_seqlens: torch.Tensor  # [B + 1] int32
+    labels: torch.Tensor  # [T] int64: the next (response) token, IGNORE_INDEX on prompt positions and ends
+    advantages: torch.Tensor  # [T] fp32, the sequence's advantage on its loss tokens, 0 elsewhere
+    response_lengths: torch.Tensor  # [T] fp32, |o_i| on sequence i's loss tokens, 1 elsewhere
+    old_logprobs: torch.Tensor  # [T] fp32, log-probs of the labels under the rollout policy (filled later)
+    ref_logprobs: torch.Tensor | None = None  # [T] fp32, under the frozen reference (KL only)
+    num_sequences: int = 0
+    max_seqlen: int = 0
+    rollout_indices: tuple[int, ...] = ()  # which rollouts of the step are packed here, in order
+
+    @property
+    def loss_mask(self) -> torch.Tensor:
+        return self.labels != IGNORE_INDEX
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    def without_targets(self) -> "RLMicroBatch":
+        """A filler with no loss tokens (ranks with fewer micro-batches run these: FSDP2 collectives)."""
+        zeros = torch.zeros_like(self.advantages)
+        return RLMicroBatch(self.input_ids, self.position_ids, self.cu_seqlens, torch.full_like(self.labels, IGNORE_INDEX),
+                            zeros, torch.ones_like(zeros), zeros.clone(), None if self.ref_logprobs is None else zeros.clone(),
+                            0, self.max_seqlen, ())
+
+    def to(self, device) -> "RLMicroBatch":
+        move = (lambda t: None if t is None else t.to(device))
+        return RLMicroBatch(move(self.input_ids), move(self.position_ids), move(self.cu_seqlens), move(self.labels),
+                            move(self.advantages), move(self.response_lengths), move(self.old_logprobs),
+                            move(self.ref_logprobs), self.num_sequences, self.max_seqlen, self.rollout_indices)
+
+
+@dataclass
+class DAPOObjective:
+    """The loop's Objective for DAPO updates (see the module docstring for the formula)."""
+
+    eps_low: float = 0.2
+    eps_high: float = 0.28
+    dual_clip: float | None = None  # c > 1, e.g. 3.0; None disables
+    aggregation: str = "token-mean"
+    kl_coef: float = 0.0
+    temperature: float = 1.0
+
+    def __post_init__(self):
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"aggregation: must be one of {AGGREGATIONS}, got {self.aggregation!r}")
+        if self.dual_clip is not None and self.dual_clip <= 1.0:
+            raise ValueError(f"dual_clip: must be > 1 (or None), got {self.dual_clip}")
+        if not (0 <= self.eps_low < 1 and self.eps_high >= 0):
+            raise ValueError(f"clip range out of bounds: eps_low={self.eps_low}, eps_high={self.eps_high}")
+
+    def denominator(self, batch: RLMicroBatch) -> torch.Tensor:
+        if self.aggregation == "token-mean":
+            return batch.loss_mask.sum()
+        return torch.tensor(batch.num_sequences, dtype=torch.float32)
+
+    def per_token_loss(self, logp: torch.Tensor, batch: RLMicroBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """([T] loss before aggregation weights, 0 off the loss tokens; token-count metric sums)."""
+        mask = batch.loss_mask
+        adv = batch.advantages.float()
+        log_ratio = torch.where(mask, logp - batch.old_logprobs.float(), torch.zeros_like(logp))
+        ratio = torch.exp(log_ratio)
+        unclipped = -adv * ratio
+        clipped = -adv * ratio.clamp(1.0 - self.eps_low, 1.0 + self.eps_high)
+        loss = torch.maximum(unclipped, clipped)
+        metrics = {
+            "clip_high_tokens": (mask & (adv > 0) & (ratio > 1.0 + self.eps_high)).sum().float(),
+            "clip_low_tokens": (mask & (adv < 0) & (ratio < 1.0 - self.eps_low)).sum().float(),
+            # KL(old || new) with samples from old: k3 = exp(-log_ratio) + log_ratio - 1
+            "approx_kl_sum": torch.where(mask, torch.exp(-log_ratio) + log_ratio - 1, 0).sum().detach(),
+        }
+        if self.dual_clip is not None:
+            bound = -adv * self.dual_clip
+            dual = mask & (adv < 0) & (loss > bound)
+            loss = torch.where(adv < 0, torch.minimum(loss, bound), loss)
+            metrics["dual_clip_tokens"] = dual.sum().float()
+        if self.kl_coef:
+            if batch.ref_logprobs is None:
+                raise ValueError("kl_coef > 0 needs ref_logprobs in the micro-batch")
+            delta = batch.ref_logprobs.float() - logp
+            k3 = torch.exp(delta) - delta - 1
+            loss = loss + self.kl_coef * k3
+            metrics["ref_kl_sum"] = torch.where(mask, k3, 0).sum().detach()
+        return torch.where(mask, loss, torch.zeros_like(loss)), metrics
+
+    def token_weights(self, batch: RLMicroBatch) -> torch.Tensor:
+        if self.aggregation == "seq-mean-token-mean":
+            return 1.0 / batch.response_lengths.float()
+        return torch.ones_like(batch.response_lengths, dtype=torch.float32)
+
+    def loss(self, hidden, weight, batch: RLMicroBatch):
+        batch = batch.to(hidden.device)
+        targets = batch.labels.clamp(min=0)
+        logp, entropy = linear_logprobs(hidden, weight, targets, temperature=self.temperature, with_entropy=True)
+        per_token, metrics = self.per_token_loss(logp, batch)
+        mask = batch.loss_mask
+        metrics["response_tokens"] = mask.sum().float()
+        metrics["entropy_sum"] = torch.where(mask, entropy.detach(), 0).sum()
+        return (per_token * self.token_weights(batch)).sum(), metrics

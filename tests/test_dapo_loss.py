@@ -1,0 +1,151 @@
+"""The DAPO objective against a direct float64 implementation (full logits, one sequence at a time), for
+every aggregation and clip setting, on random packed rollouts spread over several micro-batches; overlong
+shaping against the paper's formula; packing of rollouts."""
+import math
+
+import pytest
+import torch
+
+from redone_fast.rl.batch import pack_rollouts
+from redone_fast.rl.loss import IGNORE_INDEX, DAPOObjective
+from redone_fast.rl.shaping import overlong_penalty
+
+H, V = 24, 97
+
+
+def _rollouts(generator, count=7):
+    prompts = [torch.randint(0, V, (int(torch.randint(2, 9, (1,), generator=generator)),), generator=generator).tolist()
+               for _ in range(count)]
+    responses = [torch.randint(0, V, (int(torch.randint(1, 12, (1,), generator=generator)),), generator=generator).tolist()
+                 for _ in range(count)]
+    advantages = (torch.randn(count, generator=generator) * 1.5).tolist()
+    advantages[0] = 0.0  # a sequence from a group with no signal
+    return prompts, responses, advantages
+
+
+def _direct_loss(hidden_of, weight, prompts, responses, advantages, old_of, ref_of, objective):
+    """float64, per sequence: l_t from the formula, aggregated as the docstring says."""
+    w = weight.double()
+    per_seq, total_tokens = [], 0
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        h = hidden_of[i].double()  # [len(p) + len(r), H]
+        logits = (h @ w.T) / objective.temperature
+        logp_all = torch.log_softmax(logits, dim=-1)
+        terms = []
+        for j, token in enumerate(r):
+            position = len(p) - 1 + j
+            logp = logp_all[position, token]
+            ratio = torch.exp(logp - old_of[i][j])
+            a = advantages[i]
+            term = -torch.minimum(ratio * a, ratio.clamp(1 - objective.eps_low, 1 + objective.eps_high) * a)
+            if objective.dual_clip is not None and a < 0:
+                term = torch.minimum(term, torch.tensor(-a * objective.dual_clip, dtype=torch.float64))
+            if objective.kl_coef:
+                delta = ref_of[i][j] - logp
+                term = term + objective.kl_coef * (torch.exp(delta) - delta - 1)
+            terms.append(term)
+        per_seq.append(torch.stack(terms))
+        total_tokens += len(r)
+    if objective.aggregation == "token-mean":
+        return torch.cat(per_seq).sum() / total_tokens
+    if objective.aggregation == "seq-mean-token-mean":
+        return torch.stack([s.mean() for s in per_seq]).mean()
+    return torch.stack([s.sum() for s in per_seq]).mean()
+
+
+@pytest.mark.parametrize("aggregation", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"])
+@pytest.mark.parametrize("dual_clip, kl_coef, temperature", [(None, 0.0, 1.0), (3.0, 0.0, 1.0), (None, 0.05, 0.7),
+                                                            (2.0, 0.1, 1.3)],
+                         ids=["clip", "dual-clip", "kl-temp", "dual-kl-temp"])
+def test_dapo_loss_and_gradients_match_float64(aggregation, dual_clip, kl_coef, temperature):
+    generator = torch.Generator().manual_seed(hash((aggregation, dual_clip, kl_coef)) % 2**31)
+    prompts, responses, advantages = _rollouts(generator)
+    objective = DAPOObjective(eps_low=0.2, eps_high=0.28, dual_clip=dual_clip, aggregation=aggregation,
+                              kl_coef=kl_coef, temperature=temperature)
+    batches = pack_rollouts(prompts, responses, advantages, token_budget=24)
+    assert len(batches) >= 2
+
+    weight = (torch.randn(V, H, generator=generator) * 0.3).requires_grad_()
+    hidden_of = [(torch.randn(len(p) + len(r), H, generator=generator)).requires_grad_() for p, r in zip(prompts, responses)]
+    # Old log-probs near the current ones, so that some ratios fall outside the clip range on both sides.
+    with torch.no_grad():
+        current = []
+        for i, (p, r) in enumerate(zip(prompts, responses)):
+            logp_all = torch.log_softmax((hidden_of[i] @ weight.T) / temperature, dim=-1)
+            current.append(torch.stack([logp_all[len(p) - 1 + j, t] for j, t in enumerate(r)]))
+    old_of = [c + torch.randn(c.shape, generator=generator) * 0.4 for c in current]
+    ref_of = [c + torch.randn(c.shape, generator=generator) * 0.3 for c in current]
+
+    total, denominator = 0.0, 0.0
+    for batch in batches:
+        hidden = torch.cat([hidden_of[k] for k in batch.rollout_indices])
+        old = torch.zeros(batch.num_tokens)
+        ref = torch.zeros(batch.num_tokens)
+        start = 0
+        for k in batch.rollout_indices:
+            p = len(prompts[k])
+            for j in range(len(responses[k])):
+                old[start + p - 1 + j] = old_of[k][j]
+                ref[start + p - 1 + j] = ref_of[k][j]
+            start += p + len(responses[k])
+        batch.old_logprobs, batch.ref_logprobs = old, ref
+        loss, metrics = objective.loss(hidden, weight, batch)
+        total = total + loss
+        denominator += float(objective.denominator(batch))
+    ours = total / denominator
+    ours.backward()
+    our_grads = [weight.grad.clone()] + [h.grad.clone() for h in hidden_of]
+    for t in [weight, *hidden_of]:
+        t.grad = None
+
+    direct = _direct_loss(hidden_of, weight, prompts, responses, advantages, [o.double() for o in old_of],
+                          [r.double() for r in ref_of], objective)
+    direct.backward()
+    assert float(ours.detach()) == pytest.approx(float(direct.detach()), rel=1e-5, abs=1e-7)
+    for ours_g, t in zip(our_grads, [weight, *hidden_of]):
+        torch.testing.assert_close(ours_g.double(), t.grad.double(), rtol=1e-4, atol=1e-6)
+
+
+def test_clip_metrics_count_the_clipped_tokens():
+    prompts, responses = [[1, 2], [3, 4]], [[5, 6, 7], [8, 9]]
+    (batch,) = pack_rollouts(prompts, responses, [1.0, -1.0], token_budget=64)
+    objective = DAPOObjective(eps_low=0.2, eps_high=0.28, dual_clip=3.0)
+    # current log-probs 0; old chosen so ratios are e^0.5 (> 1.28), 1, e^-0.1 | e^-1 (< 0.8), e^2 (> 3)
+    mask = batch.loss_mask
+    old = torch.zeros(batch.num_tokens)
+    old[mask] = torch.tensor([-0.5, 0.0, 0.1, 1.0, -2.0])
+    batch.old_logprobs = old
+    per_token, metrics = objective.per_token_loss(torch.zeros(batch.num_tokens), batch)
+    assert float(metrics["clip_high_tokens"]) == 1  # A > 0 and ratio above 1 + eps_high
+    assert float(metrics["clip_low_tokens"]) == 1  # A < 0 and ratio below 1 - eps_low
+    assert float(metrics["dual_clip_tokens"]) == 1  # A < 0 and ratio * |A| above 3 |A|
+    values = per_token[mask].tolist()
+    assert values == pytest.approx([-1.28, -1.0, -math.exp(-0.1), 0.8, 3.0], rel=1e-6)
+
+
+def test_labels_are_the_response_tokens_only():
+    (batch,) = pack_rollouts([[11, 12, 13]], [[21, 22]], [0.5], token_budget=16)
+    assert batch.labels.tolist() == [IGNORE_INDEX, IGNORE_INDEX, 21, 22, IGNORE_INDEX]
+    assert batch.advantages.tolist() == [0, 0, 0.5, 0.5, 0]
+    assert batch.response_lengths.tolist() == [1, 1, 2, 2, 1]
+    filler = batch.without_targets()
+    assert bool((filler.labels == IGNORE_INDEX).all()) and filler.num_sequences == 0
+    with pytest.raises(ValueError, match="longer than the micro-batch budget"):
+        pack_rollouts([[1] * 10], [[2] * 10], [0.0], token_budget=16)
+
+
+@pytest.mark.parametrize("length, expected", [(10, 0.0), (12, 0.0), (13, -0.25), (14, -0.5), (16, -1.0), (17, -1.0)])
+def test_overlong_penalty_follows_the_paper(length, expected):
+    # L_max 16, buffer 4: free up to 12, then (12 - |y|) / 4, then -1 beyond 16.
+    assert overlong_penalty(length, 16, 4, factor=1.0) == pytest.approx(expected)
+    assert overlong_penalty(length, 16, 4, factor=0.5) == pytest.approx(expected * 0.5)
+    assert overlong_penalty(length, 16, 0) == 0.0
+
+
+def test_bad_settings_are_rejected():
+    with pytest.raises(ValueError, match="aggregation"):
+        DAPOObjective(aggregation="mean")
+    with pytest.raises(ValueError, match="dual_clip"):
+        DAPOObjective(dual_clip=0.5)
+    with pytest.raises(ValueError, match="buffer"):
+        overlong_penalty(3, 4, 8)
