@@ -16,7 +16,8 @@ import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
-__all__ = ["DistContext", "init_distributed", "destroy_distributed", "all_reduce_sum", "any_rank"]
+__all__ = ["DistContext", "init_distributed", "destroy_distributed", "all_reduce_sum", "all_gather_objects",
+           "any_rank"]
 
 
 @dataclass
@@ -86,6 +87,15 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def all_gather_objects(obj) -> list:
+    """Every rank's `obj` (picklable), in rank order; [obj] without a group. Host-side, through gloo."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return [obj]
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj, group=_cpu_group())
+    return gathered
 
 
 def any_rank(flag: bool) -> bool:

@@ -135,6 +135,9 @@ def train(trainer: Trainer, data: StepSource, cfg: LoopConfig, *, run_dir, stage
                                                      or (cfg.eval_every and step % cfg.eval_every == 0))
                 if step % cfg.log_every == 0 or step == cfg.total_steps or eval_now:
                     row = result.as_floats()  # synchronises: update_s below includes the device work
+                    summarize = getattr(trainer.objective, "summarize", None)  # means from metric sums
+                    if summarize is not None:
+                        row.update(summarize(row))
                     row["update_s"] = time.perf_counter() - update_started
                     row["skipped_steps"] = float(skipped_total.item())
                     pop_metrics = getattr(data, "pop_metrics", None)

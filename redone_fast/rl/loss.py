@@ -122,6 +122,19 @@ class DAPOObjective:
             metrics["ref_kl_sum"] = torch.where(mask, k3, 0).sum().detach()
         return torch.where(mask, loss, torch.zeros_like(loss)), metrics
 
+    def summarize(self, sums: dict[str, float]) -> dict[str, float]:
+        """Per-token means of the logged metric sums (the loop calls this when it logs)."""
+        tokens = max(sums.get("response_tokens", 0.0), 1.0)
+        means = {"clip_frac_high": sums.get("clip_high_tokens", 0.0) / tokens,
+                 "clip_frac_low": sums.get("clip_low_tokens", 0.0) / tokens,
+                 "approx_kl": sums.get("approx_kl_sum", 0.0) / tokens,
+                 "entropy": sums.get("entropy_sum", 0.0) / tokens}
+        if "dual_clip_tokens" in sums:
+            means["dual_clip_frac"] = sums["dual_clip_tokens"] / tokens
+        if "ref_kl_sum" in sums:
+            means["ref_kl"] = sums["ref_kl_sum"] / tokens
+        return means
+
     def token_weights(self, batch: RLMicroBatch) -> torch.Tensor:
         if self.aggregation == "seq-mean-token-mean":
             return 1.0 / batch.response_lengths.float()

@@ -1,0 +1,447 @@
+"""The RL stage (RedOne 2.0 stages 1 and 3): DAPO on the FSDP2 loop. Reads top to bottom:
+
+    for each rollout step:
+        sample prompts (task-balanced, general data mixed in)         -> TaskBalancedSampler
+        generate n answers per prompt with the current weights         -> a rollout engine (HF or vLLM)
+        score each answer with its task's reward, in parallel workers  -> redone_fast.rewards
+        add the overlong penalty                                        -> rl/shaping.py
+        group-relative advantages + the keep mask                       -> ops.group_advantages
+        drop groups whose rewards are all equal; sample more prompts until the batch is full (bounded)
+        old-policy log-probs of every answer, no grad                   -> ops.linear_logprobs
+        split into `updates_per_rollout` mini-batches; one clipped-objective optimizer step each
+                                                                         -> rl/loss.py via loop.train_step
+
+    python -m redone_fast.stages.rl --run-dir runs/rl                 # the bundled tiny default, CPU
+    torchrun --nproc_per_node=8 -m redone_fast.stages.rl --preset paper --model /models/Qwen3-4B \\
+        --train-files sns.jsonl --general-files general.jsonl --engine vllm --run-dir runs/stage1
+
+Where this departs from the paper (arXiv 2511.07070) or fills in what it leaves open:
+- Dynamic sampling keeps groups whose *shaped* rewards are not all equal (zero variance means zero
+  gradient); DAPO's paper filters on accuracy 0 or 1, which is the same when no overlong penalty applies.
+  Each refill round generates a full `prompts_per_step` batch of new prompts (surplus kept groups are
+  discarded); rounds are bounded (`max_refill_rounds`); a batch still short after them trains on what it
+  has, and a rollout where no group had signal trains on its last round (zero advantages: no update).
+- Sampling temperature 1.0 and no KL or entropy term (the DAPO reference's choices; the paper is silent);
+  `kl_coef` adds a k3 KL to a frozen copy of the starting model.
+- Loss aggregation: token-mean (DAPO's) by default; the paper's equation as printed is
+  "seq-mean-token-mean".
+- A "step" of the paper is a rollout step; the loop counts optimizer steps (`updates_per_rollout` per
+  rollout). Checkpoints are taken at rollout boundaries; a run stopped inside a rollout's updates resumes
+  at the next rollout (the rest of that rollout's mini-batches are not replayed).
+- Rewards that raise or time out score 0 and are counted per task (`reward_errors/<task>`).
+- Log-probs are of the temperature-scaled logits (the distribution sampled from), for the old policy, the
+  current one and the reference alike.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from redone_fast.config import add_config_arguments, apply_config_arguments, to_dict
+from redone_fast.loop.optim import OptimConfig
+from redone_fast.parallelize import ParallelConfig
+
+__all__ = ["RLConfig", "preset", "PRESETS", "RLSource", "run_rl", "main"]
+
+
+def _tiny_model() -> str:
+    from redone_fast.tiny import model_path
+    return str(model_path())
+
+
+def _tiny_rl_data() -> list[str]:
+    from redone_fast.tiny import data_path
+    return [str(data_path("rl"))]
+
+
+@dataclass
+class RLConfig:
+    model: str = field(default_factory=_tiny_model, metadata={"help": "local model folder (HF: config + safetensors)"})
+    tokenizer: str | None = field(default=None, metadata={"help": "tokenizer folder; none: the model folder"})
+    train_files: list[str] = field(default_factory=_tiny_rl_data, metadata={"help": "JSONL prompts (task samples)"})
+    general_files: list[str] = field(default_factory=list, metadata={"help": "JSONL general prompts mixed in"})
+    general_ratio: float = field(default=0.0, metadata={"help": "share of prompts drawn from the general files"})
+    tasks: list[str] = field(default_factory=list, metadata={"help": "only these tasks of the files (empty: all)"})
+    task_temperature: float = field(default=2.0, metadata={"help": "task-balanced sampling temperature (1: by size)"})
+    rollout_steps: int = field(default=500, metadata={"help": "rollout steps (each gives updates_per_rollout updates)"})
+    prompts_per_step: int = field(default=1024, metadata={"help": "prompts (groups) per rollout step"})
+    samples_per_prompt: int = field(default=16, metadata={"help": "answers per prompt (group size)"})
+    updates_per_rollout: int = field(default=4, metadata={"help": "mini-batches (optimizer steps) per rollout"})
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature"})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling"})
+    max_prompt_tokens: int = field(default=10240, metadata={"help": "longer prompts are skipped (counted)"})
+    max_response_tokens: int = field(default=8192, metadata={"help": "generation budget per answer"})
+    overlong_buffer: int = field(default=4096, metadata={"help": "DAPO overlong buffer (0: no shaping)"})
+    overlong_factor: float = field(default=1.0, metadata={"help": "DAPO overlong penalty factor"})
+    dynamic_sampling: bool = field(default=True, metadata={"help": "drop groups whose rewards are all equal"})
+    max_refill_rounds: int = field(default=3, metadata={"help": "extra generation rounds to refill the batch"})
+    scale_by_std: bool = field(default=True, metadata={"help": "divide advantages by the group std (False: Dr. GRPO)"})
+    eps_low: float = field(default=0.2, metadata={"help": "clip range below 1"})
+    eps_high: float = field(default=0.28, metadata={"help": "clip range above 1 (DAPO clip-higher)"})
+    dual_clip: float | None = field(default=None, metadata={"help": "dual-clip bound c > 1 for negative advantages"})
+    aggregation: str = field(default="token-mean", metadata={
+        "help": "token-mean | seq-mean-token-mean (the paper's equation) | seq-mean-token-sum"})
+    kl_coef: float = field(default=0.0, metadata={"help": "k3 KL to the frozen starting model (0: off)"})
+    micro_batch_tokens: int = field(default=16384, metadata={"help": "token budget of a packed micro-batch"})
+    engine: str = field(default="hf", metadata={"help": "rollout engine: hf (transformers) or vllm"})
+    generation_batch: int = field(default=64, metadata={"help": "prompts per generate call (hf engine)"})
+    reward_workers: int = field(default=2, metadata={"help": "reward worker processes (0: in-process)"})
+    reward_timeout_s: float = field(default=10.0, metadata={"help": "a reward slower than this scores 0"})
+    seed: int = field(default=0, metadata={"help": "prompt order and sampling seed"})
+    log_every: int = field(default=1, metadata={"help": "log every N optimizer steps"})
+    checkpoint_every_rollouts: int = field(default=10, metadata={"help": "checkpoint every N rollout steps"})
+    keep_checkpoints: int = field(default=2, metadata={"help": "complete checkpoints kept"})
+    export: bool = field(default=True, metadata={"help": "write a Hugging Face folder <run-dir>/export at the end"})
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-6, weight_decay=0.1, schedule="constant",
+                                                                   warmup_steps=10, grad_clip=1.0))
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+
+
+PRESETS = ("tiny", "paper")
+
+
+def preset(name: str) -> RLConfig:
+    """`paper`: stage 1 of RedOne 2.0 (model and data paths must be given); `tiny`: the bundled CPU default."""
+    if name == "paper":
+        return RLConfig()
+    if name == "tiny":
+        return RLConfig(rollout_steps=12, prompts_per_step=16, samples_per_prompt=8, updates_per_rollout=1,
+                        max_prompt_tokens=256, max_response_tokens=24, overlong_buffer=8, micro_batch_tokens=2048,
+                        generation_batch=16, reward_workers=0, checkpoint_every_rollouts=4,
+                        optim=OptimConfig(lr=2e-4, weight_decay=0.0, schedule="constant", warmup_steps=0),
+                        parallel=ParallelConfig(activation_checkpointing=False))
+    raise ValueError(f"unknown RL preset {name!r} (known: {', '.join(PRESETS)})")
+
+
+@dataclass
+class Group:
+    """The answers to one prompt: the unit dynamic sampling keeps or drops."""
+
+    sample: object  # redone_fast.data.schema.Sample
+    prompt_ids: list[int]
+    responses: list[list[int]]
+    truncated: list[bool]
+    task_rewards: list[float]  # the task's reward, before shaping
+    rewards: list[float]  # after the overlong penalty
+    errors: list[str | None]
+
+
+class RLSource:
+    """The RL stage's `StepSource`: a rollout step every `updates_per_rollout` optimizer steps."""
+
+    def __init__(self, cfg: RLConfig, *, sampler, tokenizer, engine, model, objective, ctx, score_fn,
+                 ref_model=None):
+        from redone_fast.rollout.base import SamplingParams
+        self.cfg, self.sampler, self.tokenizer, self.engine = cfg, sampler, tokenizer, engine
+        self.model, self.objective, self.ctx, self.score_fn, self.ref_model = model, objective, ctx, score_fn, ref_model
+        self.sampling = SamplingParams(n=cfg.samples_per_prompt, temperature=cfg.temperature, top_p=cfg.top_p,
+                                       max_new_tokens=cfg.max_response_tokens)
+        self.pending: list[list] = []
+        self.rollouts_done = 0
+        self.last_step_tokens = 0
+        self._metrics: dict[str, float] = {}
+
+    # --- the StepSource protocol ---------------------------------------------------------------------
+
+    def next_step(self) -> list:
+        if not self.pending:
+            self._rollout_step()
+        micro_batches = self.pending.pop(0)
+        self.last_step_tokens = sum(b.num_tokens for b in micro_batches if b.num_sequences)
+        return micro_batches
+
+    def state_dict(self) -> dict:
+        # Saved at rollout boundaries; a checkpoint inside a rollout resumes at the next one.
+        return {"rollouts_done": self.rollouts_done + (1 if self.pending else 0), "sampler": self.sampler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rollouts_done = int(state["rollouts_done"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.pending = []
+
+    def pop_metrics(self) -> dict[str, float]:
+        metrics, self._metrics = self._metrics, {}
+        return metrics
+
+    # --- one rollout step ------------------------------------------------------------------------------
+
+    def _encode(self, sample) -> list[int] | None:
+        from redone_fast.data.formatting import encode_prompt
+        ids = encode_prompt(self.tokenizer, sample)
+        return ids if len(ids) <= self.cfg.max_prompt_tokens else None
+
+    def _generate_groups(self, samples) -> tuple[list[Group], dict[str, float]]:
+        """Generate and score this rank's share of `samples`, then gather every rank's groups (same order)."""
+        from redone_fast.distributed import all_gather_objects
+        from redone_fast.rl.shaping import overlong_penalty
+
+        timings = {"generate_s": 0.0, "reward_s": 0.0, "generated_tokens": 0.0, "skipped_prompts": 0.0}
+        encoded = [(i, s, self._encode(s)) for i, s in enumerate(samples)]
+        timings["skipped_prompts"] = float(sum(ids is None for _, _, ids in encoded))
+        mine = [(i, s, ids) for i, s, ids in encoded if ids is not None][self.ctx.rank::self.ctx.world_size]
+        started = time.perf_counter()
+        generated = []
+        for start in range(0, len(mine), self.cfg.generation_batch):
+            chunk = mine[start:start + self.cfg.generation_batch]
+            generated += self.engine.generate([ids for _, _, ids in chunk], self.sampling)
+        timings["generate_s"] = time.perf_counter() - started
+
+        started = time.perf_counter()
+        flat_samples, completions = [], []
+        for (_, sample, _), rollouts in zip(mine, generated):
+            for rollout in rollouts:
+                flat_samples.append(sample)
+                completions.append(self.tokenizer.decode(rollout.response_ids, skip_special_tokens=True))
+        outcomes = self.score_fn(flat_samples, completions)
+        timings["reward_s"] = time.perf_counter() - started
+
+        local, k = [], 0
+        for (index, sample, prompt_ids), rollouts in zip(mine, generated):
+            outs = outcomes[k:k + len(rollouts)]
+            k += len(rollouts)
+            task_rewards = [float(o.score) for o in outs]
+            shaped = [r + overlong_penalty(len(ro.response_ids) if ro.finished else self.cfg.max_response_tokens + 1,
+                                           self.cfg.max_response_tokens, self.cfg.overlong_buffer, self.cfg.overlong_factor)
+                      for r, ro in zip(task_rewards, rollouts)]
+            timings["generated_tokens"] += sum(len(ro.response_ids) for ro in rollouts)
+            local.append((index, Group(sample, prompt_ids, [list(ro.response_ids) for ro in rollouts],
+                                       [bool(ro.truncated) for ro in rollouts], task_rewards, shaped,
+                                       [o.error for o in outs])))
+        gathered = all_gather_objects((local, timings))
+        groups = sorted((item for part, _ in gathered for item in part), key=lambda item: item[0])
+        totals = {key: sum(t[key] for _, t in gathered) for key in timings}
+        totals["generate_s"] = max(t["generate_s"] for _, t in gathered)  # ranks generate concurrently
+        totals["reward_s"] = max(t["reward_s"] for _, t in gathered)
+        return [g for _, g in groups], totals
+
+    def _rollout_step(self) -> None:
+        from redone_fast.ops import group_advantages
+
+        cfg = self.cfg
+        self.engine.load_weights(self.model)
+        self.engine.wake()
+        kept: list[Group] = []
+        dropped, rounds = 0, 0
+        stats = defaultdict(float)
+        last_groups: list[Group] = []
+        while len(kept) < cfg.prompts_per_step and rounds <= cfg.max_refill_rounds:
+            samples = self.sampler.take(cfg.prompts_per_step)  # full rounds, as DAPO's reference does
+            groups, timings = self._generate_groups(samples)
+            for key, value in timings.items():
+                stats[key] += value
+            rounds += 1
+            last_groups = groups
+            for group in groups:
+                if not cfg.dynamic_sampling or len(set(group.rewards)) > 1:
+                    kept.append(group)
+                else:
+                    dropped += 1
+        self.engine.sleep()
+        if not kept:  # every group was all-equal for every round: train on the last ones (zero advantages)
+            kept = last_groups
+        kept = kept[:cfg.prompts_per_step]
+
+        # Advantages: one launch over the whole batch; groups are contiguous here.
+        rewards = torch.tensor([r for g in kept for r in g.rewards], dtype=torch.float32)
+        group_ids = torch.tensor([gi for gi, g in enumerate(kept) for _ in g.rewards], dtype=torch.int64)
+        advantages = group_advantages(rewards, group_ids, len(kept), scale_by_std=cfg.scale_by_std).seq.tolist()
+
+        started = time.perf_counter()
+        self.pending = self._mini_batches(kept, advantages)
+        stats["old_logprob_s"] = time.perf_counter() - started
+        self._metrics = self._rollout_metrics(kept, dropped, rounds, stats)
+        self.rollouts_done += 1
+
+    def _mini_batches(self, kept: list[Group], advantages: list[float]) -> list[list]:
+        from redone_fast.loop.step import rank_micro_batches
+        from redone_fast.rl.batch import pack_rollouts
+        from redone_fast.rl.loss import RLMicroBatch
+
+        updates = max(1, min(self.cfg.updates_per_rollout, len(kept)))
+        per_update = -(-len(kept) // updates)
+        budget = max(self.cfg.micro_batch_tokens,
+                     max(len(g.prompt_ids) + len(r) for g in kept for r in g.responses))
+        offsets, total = [], 0
+        for g in kept:
+            offsets.append(total)
+            total += len(g.responses)
+        mini_batches = []
+        for u in range(updates):
+            chosen = range(u * per_update, min(len(kept), (u + 1) * per_update))
+            prompts, responses, advs, indices = [], [], [], []
+            for gi in chosen:
+                for j, response in enumerate(kept[gi].responses):
+                    prompts.append(kept[gi].prompt_ids)
+                    responses.append(response)
+                    advs.append(advantages[offsets[gi] + j])
+                    indices.append(offsets[gi] + j)
+            if not prompts:
+                continue
+            packed = pack_rollouts(prompts, responses, advs, budget, indices=indices)
+            mine = rank_micro_batches(packed, self.ctx.rank, self.ctx.world_size, RLMicroBatch.without_targets)
+            for batch in mine:
+                batch.old_logprobs = self._logprobs(self.model, batch)
+                if self.ref_model is not None:
+                    batch.ref_logprobs = self._logprobs(self.ref_model, batch)
+            mini_batches.append(mine)
+        return mini_batches
+
+    @torch.no_grad()
+    def _logprobs(self, model, batch) -> torch.Tensor:
+        """Log-probs of the labels under `model` (temperature-scaled), on the host; every rank calls it."""
+        from redone_fast.model import model_body_and_head, packed_hidden_states
+        from redone_fast.ops import linear_logprobs
+        device = self.ctx.device
+        hidden = packed_hidden_states(model, batch.input_ids.to(device), batch.position_ids.to(device),
+                                      batch.cu_seqlens.to(device), max_seqlen=batch.max_seqlen or None)
+        _, weight = model_body_and_head(model)
+        logp = linear_logprobs(hidden, weight, batch.labels.to(device).clamp(min=0), temperature=self.cfg.temperature)
+        return logp.float()
+
+    def _rollout_metrics(self, kept: list[Group], dropped: int, rounds: int, stats) -> dict[str, float]:
+        from redone_fast.data.tasks import TASKS
+        by_task_reward, by_task_acc, errors = defaultdict(list), defaultdict(list), defaultdict(int)
+        lengths, truncated = [], []
+        for g in kept:
+            by_task_reward[g.sample.task] += g.task_rewards
+            by_task_acc[g.sample.task] += [float(r >= 1.0) for r in g.task_rewards]
+            lengths += [len(r) for r in g.responses]
+            truncated += g.truncated
+            errors[g.sample.task] += sum(e is not None for e in g.errors)
+        all_rewards = [r for rs in by_task_reward.values() for r in rs]
+        metrics = {
+            "rollout": float(self.rollouts_done + 1),
+            "reward": sum(all_rewards) / len(all_rewards),
+            "shaped_reward": sum(r for g in kept for r in g.rewards) / max(1, sum(len(g.rewards) for g in kept)),
+            "accuracy": sum(a for accs in by_task_acc.values() for a in accs) / len(all_rewards),
+            "response_length_mean": sum(lengths) / len(lengths),
+            "response_length_max": float(max(lengths)),
+            "truncated_share": sum(truncated) / len(truncated),
+            "groups_kept": float(len(kept)),
+            "groups_dropped": float(dropped),
+            "generation_rounds": float(rounds),
+            "generate_s": stats["generate_s"],
+            "reward_s": stats["reward_s"],
+            "old_logprob_s": stats["old_logprob_s"],
+            "generate_tokens_per_s": stats["generated_tokens"] / max(stats["generate_s"], 1e-9),
+            "skipped_prompts": stats["skipped_prompts"],
+        }
+        for task, rewards in sorted(by_task_reward.items()):
+            metrics[f"reward/{task}"] = sum(rewards) / len(rewards)
+            metrics[f"accuracy/{task}"] = sum(by_task_acc[task]) / len(by_task_acc[task])
+            metrics[f"reward_errors/{task}"] = float(errors[task])
+        for domain in ("sns", "general"):
+            values = [r for t, rs in by_task_reward.items() for r in rs
+                      if (TASKS[t].domain if t in TASKS else "sns") == domain]
+            if values:
+                metrics[f"reward/{domain}"] = sum(values) / len(values)
+        return metrics
+
+
+def _load_prompts(files: list[str], tasks: list[str]):
+    from redone_fast.data.schema import DataError, load_jsonl
+    samples = [s for path in files for s in load_jsonl(path)]
+    if tasks:
+        samples = [s for s in samples if s.task in tasks]
+        if not samples:
+            raise DataError(f"no samples of tasks {tasks} in {files}")
+    by_task = defaultdict(list)
+    for s in samples:
+        by_task[s.task].append(s)
+    return dict(by_task)
+
+
+def _make_engine(cfg: RLConfig, tokenizer, ctx):
+    if cfg.engine == "hf":
+        from redone_fast.rollout.hf_engine import HFEngine
+        return HFEngine(cfg.model, tokenizer, device=ctx.device)
+    if cfg.engine == "vllm":
+        from redone_fast.rollout.vllm_engine import VLLMEngine
+        return VLLMEngine(cfg.model, tokenizer)
+    raise ValueError(f"engine: must be 'hf' or 'vllm', got {cfg.engine!r}")
+
+
+def run_rl(cfg: RLConfig, run_dir, *, stage: str = "rl") -> dict:
+    """Train (or resume) the RL stage in `run_dir`; returns a summary (also written as <stage>_result.json)."""
+    from redone_fast.data.sampler import TaskBalancedSampler
+    from redone_fast.distributed import init_distributed
+    from redone_fast.loop import LoopConfig, Trainer, build_optimizer, build_scheduler, train
+    from redone_fast.loop.export import export_hf
+    from redone_fast.model import load_tokenizer
+    from redone_fast.parallelize import build_model
+    from redone_fast.rewards.router import make_score_fn
+    from redone_fast.rl.loss import DAPOObjective
+
+    run_dir = Path(run_dir)
+    started = time.perf_counter()
+    ctx = init_distributed()
+    tokenizer = load_tokenizer(cfg.tokenizer or cfg.model)
+    sns = _load_prompts(cfg.train_files, cfg.tasks)
+    general = _load_prompts(cfg.general_files, []) if cfg.general_files else {}
+    sampler = TaskBalancedSampler(sns, general, general_ratio=cfg.general_ratio, temperature=cfg.task_temperature,
+                                  seed=cfg.seed)
+    total_steps = cfg.rollout_steps * cfg.updates_per_rollout
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / f"{stage}_config.json").write_text(json.dumps(to_dict(cfg), indent=1), encoding="utf-8")
+
+    model = build_model(cfg.model, ctx.mesh, cfg.parallel, device=ctx.device)
+    ref_model = None
+    if cfg.kl_coef:
+        ref_model = build_model(cfg.model, ctx.mesh, cfg.parallel, device=ctx.device).eval().requires_grad_(False)
+    optimizer = build_optimizer(model, cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.optim, total_steps)
+    objective = DAPOObjective(eps_low=cfg.eps_low, eps_high=cfg.eps_high, dual_clip=cfg.dual_clip,
+                              aggregation=cfg.aggregation, kl_coef=cfg.kl_coef, temperature=cfg.temperature)
+    torch.manual_seed(cfg.seed + ctx.rank)  # the engine's sampling; restored from checkpoints on resume
+    engine = _make_engine(cfg, tokenizer, ctx)
+    with make_score_fn(workers=cfg.reward_workers, timeout_s=cfg.reward_timeout_s) as score_fn:
+        source = RLSource(cfg, sampler=sampler, tokenizer=tokenizer, engine=engine, model=model, objective=objective,
+                          ctx=ctx, score_fn=score_fn, ref_model=ref_model)
+        loop = LoopConfig(total_steps=total_steps, log_every=cfg.log_every,
+                          checkpoint_every=cfg.checkpoint_every_rollouts * cfg.updates_per_rollout,
+                          keep_checkpoints=cfg.keep_checkpoints, grad_clip=cfg.optim.grad_clip)
+        outcome = train(Trainer(model, optimizer, scheduler, objective, ctx), source, loop, run_dir=run_dir,
+                        stage=stage)
+    summary = {"stage": stage, "status": outcome.status, "step": outcome.step, "total_steps": total_steps,
+               "rollouts": outcome.step // cfg.updates_per_rollout, "resumed_from": outcome.resumed_from,
+               "skipped_steps": outcome.skipped_steps, "world_size": ctx.world_size,
+               "seconds": time.perf_counter() - started,
+               "rewards": [r["reward"] for r in outcome.history if "reward" in r]}
+    if outcome.status == "finished" and cfg.export:
+        summary["export"] = str(export_hf(model, run_dir / "export", tokenizer=tokenizer))
+    if ctx.is_main:
+        (run_dir / f"{stage}_result.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    return summary
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m redone_fast.stages.rl", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run-dir", required=True, help="run folder (checkpoints, metrics, export); reused = resume")
+    parser.add_argument("--preset", default="tiny", choices=PRESETS, help="starting settings (default: tiny)")
+    add_config_arguments(parser, RLConfig, defaults=preset("tiny"))  # defaults shown: the default preset
+    return parser
+
+
+def main(argv=None) -> int:
+    from redone_fast.distributed import destroy_distributed
+    args = build_parser().parse_args(argv)
+    cfg = apply_config_arguments(preset(args.preset), args)
+    try:
+        summary = run_rl(cfg, args.run_dir)
+    finally:
+        destroy_distributed()
+    print(json.dumps(summary), file=sys.stdout, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
