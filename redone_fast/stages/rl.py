@@ -376,7 +376,7 @@ def run_rl(cfg: RLConfig, run_dir, *, stage: str = "rl") -> dict:
     from redone_fast.loop.export import export_hf
     from redone_fast.model import load_tokenizer
     from redone_fast.parallelize import build_model
-    from redone_fast.rewards.router import make_score_fn
+    from redone_fast.rewards.router import RewardPool
     from redone_fast.rl.loss import DAPOObjective
 
     run_dir = Path(run_dir)
@@ -402,9 +402,9 @@ def run_rl(cfg: RLConfig, run_dir, *, stage: str = "rl") -> dict:
                               aggregation=cfg.aggregation, kl_coef=cfg.kl_coef, temperature=cfg.temperature)
     torch.manual_seed(cfg.seed + ctx.rank)  # the engine's sampling; restored from checkpoints on resume
     engine = _make_engine(cfg, tokenizer, ctx)
-    with make_score_fn(workers=cfg.reward_workers, timeout_s=cfg.reward_timeout_s) as score_fn:
+    with RewardPool(workers=cfg.reward_workers, timeout_s=cfg.reward_timeout_s) as pool:
         source = RLSource(cfg, sampler=sampler, tokenizer=tokenizer, engine=engine, model=model, objective=objective,
-                          ctx=ctx, score_fn=score_fn, ref_model=ref_model)
+                          ctx=ctx, score_fn=pool.score_many, ref_model=ref_model)
         loop = LoopConfig(total_steps=total_steps, log_every=cfg.log_every,
                           checkpoint_every=cfg.checkpoint_every_rollouts * cfg.updates_per_rollout,
                           keep_checkpoints=cfg.keep_checkpoints, grad_clip=cfg.optim.grad_clip)
