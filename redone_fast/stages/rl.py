@@ -361,7 +361,7 @@ def _load_prompts(files: list[str], tasks: list[str]):
 def _make_engine(cfg: RLConfig, tokenizer, ctx):
     if cfg.engine == "hf":
         from redone_fast.rollout.hf_engine import HFEngine
-        return HFEngine(cfg.model, tokenizer, device=ctx.device)
+        return HFEngine(cfg.model, tokenizer, device=ctx.device, max_batch_prompts=cfg.generation_batch)
     if cfg.engine == "vllm":
         from redone_fast.rollout.vllm_engine import VLLMEngine
         return VLLMEngine(cfg.model, tokenizer)
@@ -402,19 +402,25 @@ def run_rl(cfg: RLConfig, run_dir, *, stage: str = "rl") -> dict:
                               aggregation=cfg.aggregation, kl_coef=cfg.kl_coef, temperature=cfg.temperature)
     torch.manual_seed(cfg.seed + ctx.rank)  # the engine's sampling; restored from checkpoints on resume
     engine = _make_engine(cfg, tokenizer, ctx)
-    with RewardPool(workers=cfg.reward_workers, timeout_s=cfg.reward_timeout_s) as pool:
-        source = RLSource(cfg, sampler=sampler, tokenizer=tokenizer, engine=engine, model=model, objective=objective,
-                          ctx=ctx, score_fn=pool.score_many, ref_model=ref_model)
-        loop = LoopConfig(total_steps=total_steps, log_every=cfg.log_every,
-                          checkpoint_every=cfg.checkpoint_every_rollouts * cfg.updates_per_rollout,
-                          keep_checkpoints=cfg.keep_checkpoints, grad_clip=cfg.optim.grad_clip)
-        outcome = train(Trainer(model, optimizer, scheduler, objective, ctx), source, loop, run_dir=run_dir,
-                        stage=stage)
+    try:
+        with RewardPool(workers=cfg.reward_workers, timeout_s=cfg.reward_timeout_s) as pool:
+            source = RLSource(cfg, sampler=sampler, tokenizer=tokenizer, engine=engine, model=model,
+                              objective=objective, ctx=ctx, score_fn=pool.score_many, ref_model=ref_model)
+            loop = LoopConfig(total_steps=total_steps, log_every=cfg.log_every,
+                              checkpoint_every=cfg.checkpoint_every_rollouts * cfg.updates_per_rollout,
+                              keep_checkpoints=cfg.keep_checkpoints, grad_clip=cfg.optim.grad_clip)
+            outcome = train(Trainer(model, optimizer, scheduler, objective, ctx), source, loop, run_dir=run_dir,
+                            stage=stage)
+            reward_stats = {task: vars(stats) for task, stats in pool.stats().items()}
+    finally:
+        close = getattr(engine, "close", None)
+        if close is not None:  # vLLM releases its process groups before ours is destroyed
+            close()
     summary = {"stage": stage, "status": outcome.status, "step": outcome.step, "total_steps": total_steps,
                "rollouts": outcome.step // cfg.updates_per_rollout, "resumed_from": outcome.resumed_from,
                "skipped_steps": outcome.skipped_steps, "world_size": ctx.world_size,
                "seconds": time.perf_counter() - started,
-               "rewards": [r["reward"] for r in outcome.history if "reward" in r]}
+               "rewards": [r["reward"] for r in outcome.history if "reward" in r], "reward_stats": reward_stats}
     if outcome.status == "finished" and cfg.export:
         summary["export"] = str(export_hf(model, run_dir / "export", tokenizer=tokenizer))
     if ctx.is_main:
