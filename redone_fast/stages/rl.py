@@ -34,7 +34,6 @@ Where this departs from the paper (arXiv 2511.07070) or fills in what it leaves 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -44,7 +43,7 @@ from pathlib import Path
 
 import torch
 
-from redone_fast.config import add_config_arguments, apply_config_arguments, to_dict
+from redone_fast.config import to_dict
 from redone_fast.loop.optim import OptimConfig
 from redone_fast.parallelize import ParallelConfig
 
@@ -428,25 +427,14 @@ def run_rl(cfg: RLConfig, run_dir, *, stage: str = "rl") -> dict:
     return summary
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m redone_fast.stages.rl", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run-dir", required=True, help="run folder (checkpoints, metrics, export); reused = resume")
-    parser.add_argument("--preset", default="tiny", choices=PRESETS, help="starting settings (default: tiny)")
-    add_config_arguments(parser, RLConfig, defaults=preset("tiny"))  # defaults shown: the default preset
-    return parser
+def build_parser():
+    from redone_fast.stages.cli import stage_parser
+    return stage_parser("python -m redone_fast.stages.rl", __doc__.split("\n\n")[0], RLConfig, preset, PRESETS)
 
 
 def main(argv=None) -> int:
-    from redone_fast.distributed import destroy_distributed
-    args = build_parser().parse_args(argv)
-    cfg = apply_config_arguments(preset(args.preset), args)
-    try:
-        summary = run_rl(cfg, args.run_dir)
-    finally:
-        destroy_distributed()
-    print(json.dumps(summary), file=sys.stdout, flush=True)
-    return 0
+    from redone_fast.stages.cli import stage_main
+    return stage_main(build_parser(), preset, run_rl, argv)
 
 
 if __name__ == "__main__":

@@ -15,14 +15,13 @@ RL stages), gradient clipping at 1.0, one 16k-token micro-batch per pack.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from redone_fast.config import add_config_arguments, apply_config_arguments, to_dict
+from redone_fast.config import to_dict
 from redone_fast.loop.optim import OptimConfig
 from redone_fast.parallelize import ParallelConfig
 
@@ -164,25 +163,14 @@ def run_sft(cfg: SFTConfig, run_dir, *, stage: str = "sft") -> dict:
     return summary
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m redone_fast.stages.sft", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--run-dir", required=True, help="run folder (checkpoints, metrics, export); reused = resume")
-    parser.add_argument("--preset", default="tiny", choices=PRESETS, help="starting settings")
-    add_config_arguments(parser, SFTConfig, defaults=preset("tiny"))  # defaults shown: the default preset
-    return parser
+def build_parser():
+    from redone_fast.stages.cli import stage_parser
+    return stage_parser("python -m redone_fast.stages.sft", __doc__.split("\n\n")[0], SFTConfig, preset, PRESETS)
 
 
 def main(argv=None) -> int:
-    from redone_fast.distributed import destroy_distributed
-    args = build_parser().parse_args(argv)
-    cfg = apply_config_arguments(preset(args.preset), args)
-    try:
-        summary = run_sft(cfg, args.run_dir)
-    finally:
-        destroy_distributed()
-    print(json.dumps(summary), file=sys.stdout, flush=True)
-    return 0
+    from redone_fast.stages.cli import stage_main
+    return stage_main(build_parser(), preset, run_sft, argv)
 
 
 if __name__ == "__main__":
