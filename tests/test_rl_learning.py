@@ -30,3 +30,24 @@ def test_short_dapo_run_raises_the_reward(dist_ctx, tmp_path):
         assert key in row, key
     assert row["groups_kept"] == cfg.prompts_per_step
     assert 0 < row["entropy"] and row["reward_errors/hashtag_choice"] == 0
+
+
+def test_rl_stage_runs_under_torchrun_on_two_processes(tmp_path):
+    """Each rank generates and scores half of the prompts; the groups are gathered so every rank packs the
+    same mini-batches (dynamic sampling decides identically everywhere); the export is written once."""
+    import json
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "redone_fast.stages.rl", "--run-dir", str(tmp_path), "--tasks", "hashtag_choice",
+                           "--rollout-steps", "2", "--updates-per-rollout", "2"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    summary = json.loads((tmp_path / "rl_result.json").read_text())
+    assert summary["world_size"] == 2 and summary["status"] == "finished" and summary["step"] == 4
+    rows = [r for r in read_metrics(tmp_path) if "reward" in r]
+    assert len(rows) == 2 and all(r["groups_kept"] == 16 for r in rows)
+    assert (tmp_path / "export" / "model.safetensors").is_file()
