@@ -1,7 +1,6 @@
 """Checkpoints (mesh of one): exact round trip, keep-K, and every way a checkpoint can be bad is reported
 with its path while the previous good one is used; non-tensor entries never unpickle arbitrary objects."""
 import json
-import os
 
 import pytest
 import torch
@@ -198,4 +197,3 @@ def test_unreadable_dcp_data_with_no_fallback_is_an_error(dist_ctx, tmp_path):
 def test_keep_must_be_positive(tmp_path):
     with pytest.raises(ValueError, match="keep"):
         Checkpointer(tmp_path, keep=0)
-    assert not os.path.exists(tmp_path / "ckpt")

@@ -158,7 +158,8 @@ class RLSource:
 
     def state_dict(self) -> dict:
         # Saved at rollout boundaries; a checkpoint inside a rollout resumes at the next one.
-        return {"rollouts_done": self.rollouts_done + (1 if self.pending else 0), "sampler": self.sampler.state_dict()}
+        # The sampler is already past the prompts of a rollout still being trained on.
+        return {"rollouts_done": self.rollouts_done, "sampler": self.sampler.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.rollouts_done = int(state["rollouts_done"])
@@ -372,10 +373,10 @@ def run_rl(cfg: RLConfig, run_dir, *, stage: str = "rl") -> dict:
     from redone_fast.data.sampler import TaskBalancedSampler
     from redone_fast.distributed import init_distributed
     from redone_fast.loop import LoopConfig, Trainer, build_optimizer, build_scheduler, train
-    from redone_fast.loop.export import export_hf
     from redone_fast.model import load_tokenizer
     from redone_fast.parallelize import build_model
     from redone_fast.rewards.router import RewardPool
+    from redone_fast.stages.result import finish_stage
     from redone_fast.rl.loss import DAPOObjective
 
     run_dir = Path(run_dir)
@@ -415,16 +416,9 @@ def run_rl(cfg: RLConfig, run_dir, *, stage: str = "rl") -> dict:
         close = getattr(engine, "close", None)
         if close is not None:  # vLLM releases its process groups before ours is destroyed
             close()
-    summary = {"stage": stage, "status": outcome.status, "step": outcome.step, "total_steps": total_steps,
-               "rollouts": outcome.step // cfg.updates_per_rollout, "resumed_from": outcome.resumed_from,
-               "skipped_steps": outcome.skipped_steps, "world_size": ctx.world_size,
-               "seconds": time.perf_counter() - started,
-               "rewards": [r["reward"] for r in outcome.history if "reward" in r], "reward_stats": reward_stats}
-    if outcome.status == "finished" and cfg.export:
-        summary["export"] = str(export_hf(model, run_dir / "export", tokenizer=tokenizer))
-    if ctx.is_main:
-        (run_dir / f"{stage}_result.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
-    return summary
+    return finish_stage(run_dir, stage, ctx, outcome, model=model, tokenizer=tokenizer, export=cfg.export,
+                        total_steps=total_steps, started=started, rollouts=outcome.step // cfg.updates_per_rollout,
+                        rewards=[r["reward"] for r in outcome.history if "reward" in r], reward_stats=reward_stats)
 
 
 def build_parser():

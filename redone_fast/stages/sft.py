@@ -110,7 +110,7 @@ def run_sft(cfg: SFTConfig, run_dir, *, stage: str = "sft") -> dict:
     from redone_fast.distributed import init_distributed
     from redone_fast.loop import (LoopConfig, TokenCrossEntropy, Trainer, build_optimizer, build_scheduler,
                                   rank_micro_batches, train)
-    from redone_fast.loop.export import export_hf
+    from redone_fast.stages.result import finish_stage
     from redone_fast.model import load_tokenizer
     from redone_fast.parallelize import build_model
     from redone_fast.stages.sft_data import SFTBatches
@@ -151,16 +151,11 @@ def run_sft(cfg: SFTConfig, run_dir, *, stage: str = "sft") -> dict:
                       checkpoint_every=cfg.checkpoint_every, keep_checkpoints=cfg.keep_checkpoints,
                       grad_clip=cfg.optim.grad_clip)
     outcome = train(trainer, data, loop, run_dir=run_dir, stage=stage, evaluate=evaluate)
-    summary = {"stage": stage, "status": outcome.status, "step": outcome.step, "total_steps": total_steps,
-               "resumed_from": outcome.resumed_from, "skipped_steps": outcome.skipped_steps,
-               "world_size": ctx.world_size, "seconds": time.perf_counter() - started,
-               "final_loss": next((r["loss"] for r in reversed(outcome.history) if "loss" in r), None),
-               "final_eval_loss": next((r["eval_loss"] for r in reversed(outcome.history) if "eval_loss" in r), None)}
-    if outcome.status == "finished" and cfg.export:
-        summary["export"] = str(export_hf(model, run_dir / "export", tokenizer=tokenizer))
-    if ctx.is_main:
-        (run_dir / f"{stage}_result.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
-    return summary
+    history = outcome.history
+    return finish_stage(run_dir, stage, ctx, outcome, model=model, tokenizer=tokenizer, export=cfg.export,
+                        total_steps=total_steps, started=started,
+                        final_loss=next((r["loss"] for r in reversed(history) if "loss" in r), None),
+                        final_eval_loss=next((r["eval_loss"] for r in reversed(history) if "eval_loss" in r), None))
 
 
 def build_parser():
