@@ -117,7 +117,8 @@ def _extension_kwargs() -> dict:
 
 setup(
     packages=["redone_fast", "redone_fast.ops", "redone_fast.kernels", "redone_fast.data", "redone_fast.tiny",
-              "redone_fast.loop", "redone_fast.stages", "redone_fast.rl", "redone_fast.rewards", "redone_fast.rollout"],
+              "redone_fast.loop", "redone_fast.stages", "redone_fast.rl", "redone_fast.rewards", "redone_fast.rollout",
+              "redone_fast.pipeline"],
     # the bundled tiny model, tokenizer and corpus (redone_fast/tiny/README.md)
     package_data={"redone_fast.tiny": ["README.md", "assets/data/*.jsonl", "assets/model/*"]},
     package_dir={"redone_fast": "redone_fast", "redone_fast.kernels": "kernels"},

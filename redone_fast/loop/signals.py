@@ -4,7 +4,8 @@ Schedulers (SLURM, Kubernetes) send SIGTERM before killing a job, and torchrun f
 A second SIGINT raises KeyboardInterrupt at once, for a person who does not want to wait for the save.
 
 `REDONE_FAST_CRASH_AFTER_STEP=N` (tests only) makes every rank SIGKILL itself right after step N, the
-unclean death that resume must survive.
+unclean death that resume must survive; `STAGE:N` does so only in the stage of that name (the pipeline
+runs several stages in one process).
 """
 from __future__ import annotations
 
@@ -45,7 +46,10 @@ class StopRequest:
         self._previous.clear()
 
 
-def maybe_crash_for_test(step: int) -> None:
+def maybe_crash_for_test(step: int, stage: str | None = None) -> None:
     value = os.environ.get(CRASH_ENV)
-    if value and int(value) == step:
+    if not value:
+        return
+    wanted_stage, _, wanted_step = value.rpartition(":")
+    if int(wanted_step) == step and (not wanted_stage or wanted_stage == stage):
         os.kill(os.getpid(), signal.SIGKILL)

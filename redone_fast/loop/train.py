@@ -151,7 +151,7 @@ def train(trainer: Trainer, data: StepSource, cfg: LoopConfig, *, run_dir, stage
                 if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.total_steps:
                     save(step)
                     last_saved = step
-                maybe_crash_for_test(step)
+                maybe_crash_for_test(step, stage)
                 if any_rank(stop.requested) and step < cfg.total_steps:
                     if last_saved != step:
                         save(step)

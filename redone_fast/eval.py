@@ -1,0 +1,233 @@
+"""Score an exported model: `python -m redone_fast.eval --model DIR [--sns-bench DIR] [--out FILE]`.
+
+The model is any exported Hugging Face folder (config.json + safetensors + tokenizer: what every stage
+exports). Two evaluations:
+
+- bundled: the eval split(s) (default: the bundled `redone_fast.tiny.data_path("eval")`), greedy, each
+  sample scored with its own reward, per task x 100 and macro means per domain
+  (`redone_fast.pipeline.scoring.evaluate_samples`; its docstring says how).
+- SNS-Bench (`--sns-bench DIR`, a folder holding the benchmark's twelve JSON files; the data is read
+  there, never copied): greedy answers scored per file with the benchmark's own metric
+  (`redone_fast.rewards.sns_bench.evaluate`), and the mean over the files. Note-QueryGen's embedding
+  similarity is replaced by a stand-in (no embedding model offline): its `stand_in` says so, and that
+  file's score is not comparable to published numbers.
+
+Prompts longer than the model's context (prompt + --max-new-tokens > max_position_embeddings; the bundled
+tiny model has 512 positions and many SNS-Bench notes are longer) are not generated: the item gets an empty
+prediction, which the benchmark's metric scores as wrong, and it is counted in `too_long`.
+
+Output (`--out FILE`, and a table on stdout):
+    {"model": str, "bundled": ModelScores.to_json(),
+     "sns_bench": {"files": {stem: {"score", "metric", "items", "too_long", "stand_in"}}, "mean": float,
+                   "too_long": int, "limit": int} | null,
+     "config": EvalConfig as a dict, "seconds": float}
+
+Errors in the inputs (a missing or broken model folder, a malformed JSONL line, a missing SNS-Bench folder)
+print one line naming the path and exit with code 2. Under `torchrun`, ranks share the generation and
+rank 0 prints and writes.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import re
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from redone_fast.config import add_config_arguments, apply_config_arguments
+from redone_fast.data.schema import DataError, Sample
+from redone_fast.pipeline.scoring import EvalConfig, context_length, evaluate_samples, \
+    first_per_task, generate_answers_flagged, open_engine, task_domain
+
+__all__ = ["score_sns_bench", "score_sns_bench_samples", "format_report", "build_parser", "main"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# SNS-Bench
+
+
+def score_sns_bench_samples(engine, samples_by_task: dict[str, list[Sample]], cfg: EvalConfig, *, ctx=None) -> dict:
+    """Greedy answers to every item, scored per file with SNS-Bench's metric; the "sns_bench" JSON part.
+
+    samples_by_task: `redone_fast.data.sns_bench.load_sns_bench(...)`'s result (possibly cut per file).
+    Returns {"files": {stem: {"score", "metric", "items", "too_long", "stand_in"}}, "mean", "too_long"};
+    "mean" is the plain mean of the files' scores.
+    """
+    from redone_fast.data.sns_bench import TASK_PREFIX
+    from redone_fast.rewards.sns_bench import QUERY_GEN_STAND_IN, evaluate
+
+    samples = [sample for items in samples_by_task.values() for sample in items]
+    if not samples:
+        raise ValueError("score_sns_bench: no SNS-Bench items to score")
+    # One generate call for all files: the engine's length-sorted batches mix files of similar lengths.
+    answers, too_long = generate_answers_flagged(engine, samples, n=1, temperature=0.0,
+                                                 max_new_tokens=cfg.max_new_tokens, seed=0, ctx=ctx)
+    files, start = {}, 0
+    for task, items in samples_by_task.items():
+        stop = start + len(items)
+        predictions = [group[0] for group in answers[start:stop]]
+        with warnings.catch_warnings():  # the stand-in is recorded in the result instead
+            warnings.filterwarnings("ignore", message=re.escape(QUERY_GEN_STAND_IN[:60]))
+            result = evaluate(task, predictions, items)
+        stem = task[len(TASK_PREFIX):] if task.startswith(TASK_PREFIX) else task
+        files[stem] = {"score": float(result.score), "metric": result.metric, "items": len(items),
+                       "too_long": int(sum(too_long[start:stop])), "stand_in": result.stand_in}
+        start = stop
+    mean = sum(row["score"] for row in files.values()) / len(files)
+    return {"files": files, "mean": mean, "too_long": int(sum(too_long))}
+
+
+def score_sns_bench(engine, root, cfg: EvalConfig, *, ctx=None, limit: int | None = None) -> dict:
+    """`score_sns_bench_samples` on the SNS-Bench folder `root`, the first `limit` items of each file
+    (None: cfg.max_samples_per_task; 0: all). Raises DataError for a missing folder or a bad item."""
+    from redone_fast.data.sns_bench import load_sns_bench
+    limit = cfg.max_samples_per_task if limit is None else limit
+    by_task = {task: first_per_task(items, limit) for task, items in load_sns_bench(root).items()}
+    result = score_sns_bench_samples(engine, by_task, cfg, ctx=ctx)
+    result["limit"] = limit
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------
+# Report
+
+
+def _number(value) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.1f}"
+
+
+def format_report(result: dict, *, context: int | None = None, max_new_tokens: int | None = None) -> str:
+    """The readable table printed on stdout (from the output JSON)."""
+    lines = [f"model: {result['model']}"]
+    bundled = result["bundled"]
+    if bundled is not None:
+        width = max([len("task")] + [len(t) for t in bundled["tasks"]])
+        total = sum(bundled["counts"].values())
+        lines += ["", f"bundled eval ({total} samples, greedy, each sample's own reward, x100)",
+                  f"  {'task':<{width}}  {'domain':<7}  {'n':>5}  {'score':>6}"]
+        for task, score in bundled["tasks"].items():
+            lines.append(f"  {task:<{width}}  {task_domain(task):<7}  {bundled['counts'][task]:>5}  {score:>6.1f}")
+        lines.append(f"  SNS (macro mean) {_number(bundled['sns'])}    "
+                     f"general (macro mean) {_number(bundled['general'])}    too long: {bundled['too_long']}")
+    bench = result.get("sns_bench")
+    if bench is not None:
+        width = max(len("file"), *(len(stem) for stem in bench["files"]))
+        limit = bench.get("limit") or 0
+        lines += ["", "SNS-Bench (greedy, the benchmark's own metric per file, 0-100"
+                  + (f", first {limit} items per file" if limit else "") + ")",
+                  f"  {'file':<{width}}  {'items':>5}  {'too long':>8}  {'score':>6}"]
+        for stem, row in bench["files"].items():
+            mark = "  (stand-in metric)" if row["stand_in"] else ""
+            lines.append(f"  {stem:<{width}}  {row['items']:>5}  {row['too_long']:>8}  {row['score']:>6.1f}{mark}")
+        lines.append(f"  mean over {len(bench['files'])} files: {bench['mean']:.1f}")
+        if bench["too_long"]:
+            budget = f"{context} positions" if context else "the model's context"
+            extra = f" with {max_new_tokens} new tokens" if max_new_tokens else ""
+            lines.append(f"  note: {bench['too_long']} prompts do not fit in {budget}{extra}: not generated, "
+                         "scored as empty predictions (0 for that item)")
+        for stem, row in bench["files"].items():
+            if row["stand_in"]:
+                lines.append(f"  note: {row['stand_in']}")
+    lines += ["", f"{result['seconds']:.1f} s"]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Command line
+
+
+def _default_eval_files() -> list[str]:
+    from redone_fast.tiny import data_path
+    return [str(data_path("eval"))]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m redone_fast.eval",
+        description="Score an exported model (HF folder) on the bundled eval split and, optionally, SNS-Bench.")
+    parser.add_argument("--model", required=True, metavar="DIR", help="exported model folder (config.json + "
+                        "safetensors + tokenizer)")
+    parser.add_argument("--eval-files", nargs="+", metavar="F", default=None,
+                        help="eval JSONL files (default: the bundled eval split)")
+    parser.add_argument("--sns-bench", metavar="DIR", default=None,
+                        help="an SNS-Bench data folder (the benchmark's twelve JSON files); default: not scored")
+    parser.add_argument("--sns-bench-limit", type=int, default=0, metavar="N",
+                        help="only the first N items of each SNS-Bench file (default: 0, all)")
+    parser.add_argument("--out", metavar="FILE", default=None, help="write the results as JSON here")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: CUDA when available)")
+    add_config_arguments(parser, EvalConfig)
+    return parser
+
+
+def _error(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    from redone_fast.data.schema import load_jsonl
+    from redone_fast.model import ModelFolderError, check_model_folder
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        cfg = apply_config_arguments(EvalConfig(), args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.sns_bench_limit < 0:
+        parser.error(f"--sns-bench-limit: expected >= 0, got {args.sns_bench_limit}")
+    started = time.perf_counter()
+
+    # Inputs first, all of them, before a model is loaded.
+    try:
+        check_model_folder(args.model, tokenizer=True)
+        eval_files = args.eval_files or _default_eval_files()
+        samples = [sample for path in eval_files for sample in load_jsonl(path)]
+        bench_samples = None
+        if args.sns_bench is not None:
+            from redone_fast.data.sns_bench import load_sns_bench
+            bench_samples = {task: first_per_task(items, args.sns_bench_limit)
+                             for task, items in load_sns_bench(args.sns_bench).items()}
+    except (ModelFolderError, DataError) as exc:
+        return _error(str(exc))
+
+    ctx = None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun: ranks share the generation
+        from redone_fast.distributed import init_distributed
+        ctx = init_distributed(args.device)
+    is_main = ctx is None or ctx.is_main
+    try:
+        engine = open_engine(args.model, cfg, device=ctx.device if ctx is not None else args.device)
+    except (ModelFolderError, ImportError) as exc:
+        return _error(str(exc))
+    try:
+        bundled = evaluate_samples(engine, samples, cfg, ctx=ctx)
+        bench = None
+        if bench_samples is not None:
+            bench = score_sns_bench_samples(engine, bench_samples, cfg, ctx=ctx)
+            bench["limit"] = args.sns_bench_limit
+        context = context_length(engine)
+    finally:
+        engine.close()
+
+    result = {"model": str(args.model), "bundled": bundled.to_json(), "sns_bench": bench,
+              "config": dataclasses.asdict(cfg), "seconds": time.perf_counter() - started}
+    if is_main:
+        if args.out:
+            out = Path(args.out)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+        print(format_report(result, context=context, max_new_tokens=cfg.max_new_tokens))
+        if args.out:
+            print(f"results: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
