@@ -1,4 +1,6 @@
 # One command per job on a fresh machine; each sets up what it needs.
+#   make run    build the venv and run the whole RedOne 2.0 pipeline on the bundled tiny model and data
+#               (python -m redone_fast.train; ARGS="..." adds options): runs/tiny-redone/report.md
 #   make test   build the venv (torch==2.13.0 CPU first, then triton 3.7.1, then the project and its
 #               C++ extension) and run the tests
 #   make bench  run the microbenchmarks (see benchmarks/README.md)
@@ -7,7 +9,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.redone_fast-installed
 
-.PHONY: test bench clean-venv
+.PHONY: run test bench clean-venv
 
 # The extension redone_fast._C is compiled by the editable install: editing csrc/ reinstalls (rebuilds) it.
 CSRC := $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*.h csrc/*/*.cu csrc/*/*.cuh)
@@ -22,6 +24,9 @@ $(STAMP): pyproject.toml setup.py $(CSRC)
 	# --no-build-isolation: setup.py imports this venv's torch to build redone_fast._C against it.
 	$(PY) -m pip install -q --no-build-isolation -e '.[dev]'
 	touch $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m redone_fast.train $(ARGS)
 
 test: $(STAMP)
 	$(VENV)/bin/pytest tests -q

@@ -23,15 +23,16 @@ def sample(task: str, i: int, *, rationale: str | None = None, answer: str = "ye
 def test_bucket_rule_low_pass_and_weak_tasks():
     pool = [sample("note_taxonomy", i) for i in range(4)] + [sample("hashtag_choice", i) for i in range(4)]
     rates = [0.0, 0.25, 0.75, 1.0,  # note_taxonomy: strong task, only the two under 0.5 go in
-             0.0, 0.75, 0.9, 1.0]  # hashtag_choice: weak task, everything not mastered goes in
+             0.0, 0.75, 0.9, 1.0]  # hashtag_choice: weak task, all of it goes in (mastered samples too)
     cfg = DiagnosisConfig(weak_task_below=50.0, low_pass_below=0.5, rare_floor=0.0)
-    cmap = diagnose({"note_taxonomy": 80.0, "hashtag_choice": 30.0}, pool, rates, cfg)
+    cmap = diagnose({"note_taxonomy": 80.0, "hashtag_choice": 30.0, "arithmetic": 10.0}, pool, rates, cfg)
     ids = [s.id for s in cmap.bucket]
-    assert sorted(ids) == ["hashtag_choice-0", "hashtag_choice-1", "hashtag_choice-2", "note_taxonomy-0",
-                           "note_taxonomy-1"]
+    assert sorted(ids) == ["hashtag_choice-0", "hashtag_choice-1", "hashtag_choice-2", "hashtag_choice-3",
+                           "note_taxonomy-0", "note_taxonomy-1"]
     note, tag = cmap.tasks["note_taxonomy"], cmap.tasks["hashtag_choice"]
     assert (note.weak, note.low_pass_samples, note.bucket_samples, note.pool_samples) == (False, 2, 2, 4)
-    assert (tag.weak, tag.low_pass_samples, tag.bucket_samples) == (True, 1, 3)
+    assert (tag.weak, tag.low_pass_samples, tag.bucket_samples) == (True, 1, 4)
+    assert not cmap.tasks["arithmetic"].weak  # a general task is measured, never targeted
     assert note.mean_pass_rate == pytest.approx(0.5) and tag.mean_pass_rate == pytest.approx(2.65 / 4)
 
 
@@ -61,9 +62,9 @@ def test_empty_bucket_when_everything_passes(tmp_path):
 
 def test_capability_map_files_round_trip(tmp_path):
     pool = [sample("note_taxonomy", i) for i in range(3)]
-    cmap = diagnose({"note_taxonomy": 10.0}, pool, [0.0, 0.5, 1.0], DiagnosisConfig(rare_floor=0))
+    cmap = diagnose({"note_taxonomy": 70.0}, pool, [0.0, 0.5, 1.0], DiagnosisConfig(rare_floor=0))
     write_capability_map(tmp_path, cmap, pool=pool, pass_rates=[0.0, 0.5, 1.0], model="m")
-    assert [s.id for s in load_jsonl(tmp_path / "failure_bucket.jsonl")] == ["note_taxonomy-0", "note_taxonomy-1"]
+    assert [s.id for s in load_jsonl(tmp_path / "failure_bucket.jsonl")] == ["note_taxonomy-0"]
     rates = [json.loads(line)["pass_rate"] for line in (tmp_path / "pass_rates.jsonl").read_text().splitlines()]
     assert rates == [0.0, 0.5, 1.0]
 
@@ -143,3 +144,18 @@ def test_soft_label_end_to_end_with_a_scripted_generator(monkeypatch):
     assert [l.fallback for l in labels] == [False, True]
     assert labels[0].to_json()["candidates"] == ["3", "4", "5"] and labels[0].to_json()["scores"] == [0.0, 1.0, 0.0]
     assert len(soft_label(None, samples, SoftLabelConfig(k=3, max_prompts=1))) == 1
+
+
+def test_model_judge_prefers_what_the_model_finds_likely():
+    """`model:<folder>`: mean log-prob per answer token under a local model (the tiny model copies well)."""
+    from redone_fast.pipeline.soft_labels import LikelihoodJudge, make_judge
+    from redone_fast.tiny import data_path, model_path
+    copying = [s for s in load_jsonl(data_path("eval")) if s.task == "copying" and s.meta.get("difficulty") == "easy"]
+    judge = make_judge(f"model:{model_path()}")
+    assert isinstance(judge, LikelihoodJudge)
+    for s in copying[:3]:
+        scores = judge(s, [s.answer, "zq xv wk", "Nairobi"])
+        assert len(scores) == 3 and all(v < 0 for v in scores)
+        assert scores[0] > max(scores[1:])  # the exact copy is the likeliest
+    with pytest.raises(ValueError, match="model:<folder>"):
+        make_judge("gpt-judge")

@@ -191,3 +191,24 @@ def test_help_documents_every_field():
                    "--preset", "--stages", "--run-dir", "--sns-bench"):
         assert option in result.stdout, option
     assert "sft-then-rl" in result.stdout and "qwen3-4b" in result.stdout
+
+
+def test_pipeline_under_torchrun_two_processes(tmp_path):
+    """Two gloo ranks: training sharded by FSDP2, generation split over the ranks and gathered; rank 0
+    writes the files. Greedy eval scores do not depend on the number of ranks."""
+    run_dir = tmp_path / "run"
+    args = ["--run-dir", str(run_dir), *SHORT, "--stage1.rollout-steps", "1", "--stage3.rollout-steps", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             "-m", "redone_fast.train", *args], capture_output=True, text=True, env=env, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((run_dir / "report.json").read_text())
+    assert list(report["scores"]) == ["base", "stage1", "stage2", "stage3"]
+    assert json.loads((run_dir / "stage3" / "stage3_result.json").read_text())["world_size"] == 2
+    single = subprocess.run([sys.executable, "-m", "redone_fast.train", "--run-dir", str(tmp_path / "one"), *SHORT,
+                             "--stages", "stage1", "--stage1.rollout-steps", "1"],
+                            capture_output=True, text=True, env=env, timeout=900)
+    assert single.returncode == 0, single.stderr[-3000:]
+    base_one = json.loads((tmp_path / "one" / "report.json").read_text())["scores"]["base"]
+    assert base_one["tasks"] == pytest.approx(report["scores"]["base"]["tasks"])
+    assert base_one["sns"] == pytest.approx(report["scores"]["base"]["sns"])

@@ -44,15 +44,16 @@ def _tiny_model() -> str:
 @dataclass
 class DiagnosisConfig:
     """How stage 1's model is diagnosed and which SFT-pool samples make the failure bucket (the paper leaves
-    the rule open; this one is ours). A pool sample enters the bucket when its pass rate is under
-    `low_pass_below`, or when its task is weak (eval score under `weak_task_below`) and its pass rate is
-    under 1. Rare tasks are then up-weighted: every task with bucket samples is repeated up to at least
-    `rare_floor` x the largest task's count."""
+    the rule open; this one is ours). Every pool sample of a weak SNS task (eval score under
+    `weak_task_below`) enters the bucket, and so does any other SNS pool sample whose pass rate is under
+    `low_pass_below`. Rare tasks are then up-weighted: every task with bucket samples is repeated up to at
+    least `rare_floor` x the largest task's count."""
 
     k: int = field(default=8, metadata={"help": "sampled answers per prompt for the pass rates"})
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature of the pass-rate answers"})
     pass_threshold: float = field(default=0.5, metadata={"help": "an answer passes when its reward >= this"})
-    weak_task_below: float = field(default=60.0, metadata={"help": "a task whose eval score (0-100) is under this is weak"})
+    weak_task_below: float = field(default=60.0, metadata={
+        "help": "an SNS task whose eval score (0-100) is under this is weak: all its pool samples go in the bucket"})
     low_pass_below: float = field(default=0.5, metadata={"help": "a pool sample with a pass rate under this is a failure"})
     rare_floor: float = field(default=0.5, metadata={
         "help": "each bucket task is repeated up to at least this share of the largest task's count (0: off)"})
@@ -111,7 +112,7 @@ class PipelineConfig:
 
 
 def _tiny_rl(**overrides) -> RLConfig:
-    settings = dict(rollout_steps=40, prompts_per_step=32, samples_per_prompt=8, updates_per_rollout=1,
+    settings = dict(rollout_steps=24, prompts_per_step=32, samples_per_prompt=8, updates_per_rollout=1,
                     general_ratio=0.15, max_prompt_tokens=256, max_response_tokens=32, overlong_buffer=4,
                     micro_batch_tokens=4096, generation_batch=64, reward_workers=0, checkpoint_every_rollouts=10,
                     optim=OptimConfig(lr=5e-4, weight_decay=0.0, schedule="constant", warmup_steps=0),
@@ -127,9 +128,9 @@ def preset(name: str) -> PipelineConfig:
         return PipelineConfig(
             evaluation=EvalConfig(max_new_tokens=48, batch_prompts=200),
             stage1=_tiny_rl(),
-            diagnosis=DiagnosisConfig(k=4, max_pool_per_task=200),
+            diagnosis=DiagnosisConfig(k=4),
             soft_labels=SoftLabelConfig(k=8),
-            stage2=SFTConfig(epochs=2, batch_size=32, micro_batch_tokens=2048, max_length=512, general_ratio=0.056,
+            stage2=SFTConfig(epochs=3, batch_size=32, micro_batch_tokens=2048, max_length=512, general_ratio=0.056,
                              eval_every=0, checkpoint_every=50, eval_max_samples=128,
                              optim=OptimConfig(lr=1e-3, weight_decay=0.1, schedule="cosine", warmup_ratio=0.1),
                              parallel=ParallelConfig(activation_checkpointing=False)),

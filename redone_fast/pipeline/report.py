@@ -73,7 +73,10 @@ def report_content(state: dict) -> dict:
                     "skipped": bool(stage.get("skipped", False))}
               for key, stage in (state.get("stages") or {}).items()}
     seconds = {name: float(value) for name, value in (state.get("seconds") or {}).items() if _is_number(value)}
-    return {"recipe": state.get("recipe"), "scores": scores, "seconds": seconds, "stages": stages}
+    report = {"recipe": state.get("recipe"), "scores": scores, "seconds": seconds, "stages": stages}
+    if state.get("sns_bench"):  # per stage, when the run was given --sns-bench (redone_fast.eval's layout)
+        report["sns_bench"] = state["sns_bench"]
+    return report
 
 
 def read_stage_metrics(stage_dir: Path) -> list[dict]:
