@@ -28,7 +28,7 @@ from pathlib import Path
 
 from redone_fast.data.schema import Sample, write_jsonl
 from redone_fast.pipeline.config import DiagnosisConfig, HardSubsetConfig
-from redone_fast.pipeline.scoring import first_per_task, task_domain
+from redone_fast.pipeline.scoring import task_domain
 
 __all__ = ["TaskDiagnosis", "CapabilityMap", "split_by_domain", "diagnose", "upweight_rare",
            "raise_rationale_share", "hard_subset", "write_capability_map"]
