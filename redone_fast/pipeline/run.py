@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable
@@ -190,9 +191,15 @@ class Pipeline:
         index = order.index(stage)
         return order[index - 1] if index else None
 
-    def open_engine(self, model: str):
+    @contextmanager
+    def engine(self, model: str):
+        """A generation engine on `model` for one step, closed after it (vLLM frees its memory)."""
         from redone_fast.pipeline.scoring import open_engine
-        return open_engine(model, self.cfg.evaluation, device=self.ctx.device)
+        engine = open_engine(model, self.cfg.evaluation, device=self.ctx.device)
+        try:
+            yield engine
+        finally:
+            getattr(engine, "close", lambda: None)()
 
     # --- inputs ---------------------------------------------------------------------------------------
 
@@ -218,12 +225,9 @@ class Pipeline:
         if key != "base" and self.state["outputs"].get(key, {}).get("skipped"):
             self.note(f"eval:{key} skipped: {key} did not run")
             return {"skipped": True}
-        engine = self.open_engine(model)
-        try:
+        with self.engine(model) as engine:
             scores = evaluate_samples(engine, self.eval_samples, self.cfg.evaluation, ctx=self.ctx)
             bench = self._sns_bench(engine) if self.cfg.sns_bench else None
-        finally:
-            getattr(engine, "close", lambda: None)()
         self.state["scores"][key] = scores.to_json()
         if bench is not None:
             self.state["sns_bench"][key] = bench
@@ -321,13 +325,10 @@ class Pipeline:
         scores = self.state["scores"].get("stage1")
         if scores is None:
             raise PipelineError("diagnosis needs stage 1's eval scores (step eval:stage1)")
-        engine = self.open_engine(model)
-        try:
+        with self.engine(model) as engine:
             rates, _ = pass_rates(engine, pool, k=self.cfg.diagnosis.k, temperature=self.cfg.diagnosis.temperature,
                                   max_new_tokens=self.cfg.evaluation.max_new_tokens,
                                   threshold=self.cfg.diagnosis.pass_threshold, seed=1, ctx=self.ctx)
-        finally:
-            getattr(engine, "close", lambda: None)()
         cmap = diagnose(scores["tasks"], pool, rates, self.cfg.diagnosis)
         if self.ctx.is_main:
             write_capability_map(self.run_dir / "diagnosis", cmap, pool=pool, pass_rates=rates, model=model)
@@ -345,12 +346,9 @@ class Pipeline:
             return {"labelled": 0}
         model = self.model_after("stage1")
         judge = make_judge(self.cfg.soft_labels.judge, device=self.ctx.device)
-        engine = self.open_engine(model)
-        try:
+        with self.engine(model) as engine:
             labels = soft_label(engine, general, self.cfg.soft_labels, judge=judge,
                                 max_new_tokens=self.cfg.evaluation.max_new_tokens, seed=2, ctx=self.ctx)
-        finally:
-            getattr(engine, "close", lambda: None)()
         fallback = sum(label.fallback for label in labels)
         if self.ctx.is_main:
             folder = self.run_dir / "soft_labels"
@@ -367,13 +365,10 @@ class Pipeline:
         sns, general = split_by_domain(self.rl_samples)
         candidates = first_per_task(sns, self.cfg.hard.max_pool_per_task)
         model = self.model_after("stage2")
-        engine = self.open_engine(model)
-        try:
+        with self.engine(model) as engine:
             rates, _ = pass_rates(engine, candidates, k=self.cfg.hard.k, temperature=self.cfg.hard.temperature,
                                   max_new_tokens=self.cfg.evaluation.max_new_tokens,
                                   threshold=self.cfg.hard.pass_threshold, seed=3, ctx=self.ctx)
-        finally:
-            getattr(engine, "close", lambda: None)()
         hard = hard_subset(candidates, rates, self.cfg.hard)
         if not hard:
             self.note(f"hard_subset: no SNS prompt under pass rate {self.cfg.hard.pass_below}; stage 3 uses all "
