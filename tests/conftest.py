@@ -36,6 +36,16 @@ def _seeded():
     torch.manual_seed(1234)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module: on a shared 2-core machine two OpenMP threads per process can be
+    10-30x slower than one (measured: the bundled eval 1.2 s vs 44 s)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def dist_ctx():
     """A one-rank process group (gloo, in-memory store) for the FSDP2 loop's in-process tests."""

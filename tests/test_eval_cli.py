@@ -5,7 +5,6 @@ import json
 import math
 
 import pytest
-import torch
 
 from redone_fast.data.sns_bench import ENV_VAR, SNS_BENCH_FILES, default_root
 from redone_fast.eval import main
@@ -14,13 +13,7 @@ from redone_fast.tiny import data_path, model_path
 TINY_SNS, TINY_GENERAL = 32.0, 71.7  # greedy, bundled eval split (tests/test_pipeline_scoring.py has per task)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on a shared 2-core machine two OpenMP threads can be 10-30x slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_bundled_eval_writes_the_json_schema_and_a_table(tmp_path, capsys):

@@ -6,7 +6,6 @@ import threading
 from types import SimpleNamespace
 
 import pytest
-import torch
 
 from redone_fast.data.schema import Sample, load_jsonl
 from redone_fast.pipeline import scoring
@@ -21,13 +20,7 @@ TINY_SCORES = {"note_taxonomy": 47.0, "hashtag_choice": 31.0, "query_relevance":
 TINY_SNS, TINY_GENERAL = 32.0, 71.7
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on a shared 2-core machine two OpenMP threads can be 10-30x slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --- a scripted engine: characters are token ids -------------------------------------------------------
