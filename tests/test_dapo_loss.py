@@ -106,6 +106,43 @@ def test_dapo_loss_and_gradients_match_float64(aggregation, dual_clip, kl_coef, 
         torch.testing.assert_close(ours_g.double(), t.grad.double(), rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("aggregation", ["token-mean", "seq-mean-token-mean"])
+def test_on_policy_batches_without_old_logprobs_match_float64(aggregation):
+    """old_logprobs=None (one update per rollout): the loss and gradients equal the float64 formula with the
+    old log-probs set to the current ones, i.e. what the skipped recompute would have given."""
+    generator = torch.Generator().manual_seed(11 + len(aggregation))
+    prompts, responses, advantages = _rollouts(generator)
+    objective = DAPOObjective(eps_low=0.2, eps_high=0.28, aggregation=aggregation, temperature=0.9)
+    batches = pack_rollouts(prompts, responses, advantages, token_budget=24)
+    weight = (torch.randn(V, H, generator=generator) * 0.3).requires_grad_()
+    hidden_of = [(torch.randn(len(p) + len(r), H, generator=generator)).requires_grad_() for p, r in zip(prompts, responses)]
+    with torch.no_grad():
+        current = []
+        for i, (p, r) in enumerate(zip(prompts, responses)):
+            logp_all = torch.log_softmax((hidden_of[i].double() @ weight.double().T) / 0.9, dim=-1)
+            current.append(torch.stack([logp_all[len(p) - 1 + j, t] for j, t in enumerate(r)]))
+
+    total, denominator = 0.0, 0.0
+    for batch in batches:
+        batch.old_logprobs = None
+        assert batch.without_targets().old_logprobs is None and batch.to("cpu").old_logprobs is None
+        loss, metrics = objective.loss(torch.cat([hidden_of[k] for k in batch.rollout_indices]), weight, batch)
+        assert float(metrics["clip_high_tokens"]) == 0 and float(metrics["clip_low_tokens"]) == 0
+        assert float(metrics["approx_kl_sum"]) == 0.0
+        total = total + loss
+        denominator += float(objective.denominator(batch))
+    (total / denominator).backward()
+    our_grads = [weight.grad.clone()] + [h.grad.clone() for h in hidden_of]
+    for t in [weight, *hidden_of]:
+        t.grad = None
+    zeros = [torch.zeros(len(r), dtype=torch.float64) for r in responses]
+    direct = _direct_loss(hidden_of, weight, prompts, responses, advantages, current, zeros, objective)
+    direct.backward()
+    assert float((total / denominator).detach()) == pytest.approx(float(direct.detach()), rel=1e-5, abs=1e-7)
+    for ours_g, t in zip(our_grads, [weight, *hidden_of]):
+        torch.testing.assert_close(ours_g.double(), t.grad.double(), rtol=1e-4, atol=1e-6)
+
+
 def test_clip_metrics_count_the_clipped_tokens():
     prompts, responses = [[1, 2], [3, 4]], [[5, 6, 7], [8, 9]]
     (batch,) = pack_rollouts(prompts, responses, [1.0, -1.0], token_budget=64)

@@ -109,6 +109,15 @@ def test_all_equal_groups_are_dropped_and_refilled(dist_ctx, tiny_parts):
         assert bool(torch.isfinite(old).all()) and bool((old <= 0).all()) and bool((old < 0).any())
 
 
+def test_one_update_per_rollout_skips_the_old_logprob_pass(dist_ctx, tiny_parts):
+    """On-policy: no recompute (old_logprobs None); two updates per rollout (above) do recompute."""
+    pattern = lambda s: ("all1", "mixed")[int(s.id.rsplit("-", 1)[1]) % 2]
+    source, _, _ = _source(dist_ctx, tiny_parts, _score_by_prompt(pattern), updates_per_rollout=1)
+    batches = source.next_step()
+    assert batches and all(b.old_logprobs is None for b in batches)
+    assert source.pending == []  # the single update is this step
+
+
 def test_refill_rounds_are_bounded(dist_ctx, tiny_parts):
     source, engine, _ = _source(dist_ctx, tiny_parts, _score_by_prompt(lambda s: "all1"), max_refill_rounds=2)
     batches = source.next_step()

@@ -41,7 +41,9 @@ class RLMicroBatch:
     labels: torch.Tensor  # [T] int64: the next (response) token, IGNORE_INDEX on prompt positions and ends
     advantages: torch.Tensor  # [T] fp32, the sequence's advantage on its loss tokens, 0 elsewhere
     response_lengths: torch.Tensor  # [T] fp32, |o_i| on sequence i's loss tokens, 1 elsewhere
-    old_logprobs: torch.Tensor  # [T] fp32, log-probs of the labels under the rollout policy (filled later)
+    # [T] fp32, log-probs of the labels under the rollout policy (filled later); None when the update is
+    # on-policy (one update per rollout): the rollout policy is then the current one, see per_token_loss
+    old_logprobs: torch.Tensor | None
     ref_logprobs: torch.Tensor | None = None  # [T] fp32, under the frozen reference (KL only)
     num_sequences: int = 0
     max_seqlen: int = 0
@@ -58,8 +60,9 @@ class RLMicroBatch:
     def without_targets(self) -> "RLMicroBatch":
         """A filler with no loss tokens (ranks with fewer micro-batches run these: FSDP2 collectives)."""
         zeros = torch.zeros_like(self.advantages)
+        filler = (lambda t: None if t is None else zeros.clone())
         return RLMicroBatch(self.input_ids, self.position_ids, self.cu_seqlens, torch.full_like(self.labels, IGNORE_INDEX),
-                            zeros, torch.ones_like(zeros), zeros.clone(), None if self.ref_logprobs is None else zeros.clone(),
+                            zeros, torch.ones_like(zeros), filler(self.old_logprobs), filler(self.ref_logprobs),
                             0, self.max_seqlen, ())
 
     def to(self, device) -> "RLMicroBatch":
@@ -97,7 +100,11 @@ class DAPOObjective:
         """([T] loss before aggregation weights, 0 off the loss tokens; token-count metric sums)."""
         mask = batch.loss_mask
         adv = batch.advantages.float()
-        log_ratio = torch.where(mask, logp - batch.old_logprobs.float(), torch.zeros_like(logp))
+        # On-policy (no old log-probs given): the parameters that sampled the rollouts are the ones being
+        # differentiated, so the old log-probs are these log-probs, detached (the ratio is exactly 1 and its
+        # gradient is grad log p). This is what a recompute would return, without the extra forward pass.
+        old = logp.detach() if batch.old_logprobs is None else batch.old_logprobs.float()
+        log_ratio = torch.where(mask, logp - old, torch.zeros_like(logp))
         ratio = torch.exp(log_ratio)
         unclipped = -adv * ratio
         clipped = -adv * ratio.clamp(1.0 - self.eps_low, 1.0 + self.eps_high)

@@ -287,7 +287,9 @@ class RLSource:
             packed = pack_rollouts(prompts, responses, advs, budget, indices=indices)
             mine = rank_micro_batches(packed, self.ctx.rank, self.ctx.world_size, RLMicroBatch.without_targets)
             for batch in mine:
-                batch.old_logprobs = self._logprobs(self.model, batch)
+                # one update per rollout is on-policy: DAPOObjective then uses the current log-probs, detached,
+                # which equal this recompute (same parameters, same packed batch), without the extra forward
+                batch.old_logprobs = None if updates == 1 else self._logprobs(self.model, batch)
                 if self.ref_model is not None:
                     batch.ref_logprobs = self._logprobs(self.ref_model, batch)
             mini_batches.append(mine)
