@@ -24,7 +24,7 @@ def test_bucket_rule_low_pass_and_weak_tasks():
     pool = [sample("note_taxonomy", i) for i in range(4)] + [sample("hashtag_choice", i) for i in range(4)]
     rates = [0.0, 0.25, 0.75, 1.0,  # note_taxonomy: strong task, only the two under 0.5 go in
              0.0, 0.75, 0.9, 1.0]  # hashtag_choice: weak task, all of it goes in (mastered samples too)
-    cfg = DiagnosisConfig(weak_task_below=50.0, low_pass_below=0.5, rare_floor=0.0)
+    cfg = DiagnosisConfig(weak_task_below=50.0, low_pass_below=0.5, rare_floor=0.0, anchor_ratio=0.0)
     cmap = diagnose({"note_taxonomy": 80.0, "hashtag_choice": 30.0, "arithmetic": 10.0}, pool, rates, cfg)
     ids = [s.id for s in cmap.bucket]
     assert sorted(ids) == ["hashtag_choice-0", "hashtag_choice-1", "hashtag_choice-2", "hashtag_choice-3",
@@ -34,6 +34,23 @@ def test_bucket_rule_low_pass_and_weak_tasks():
     assert (tag.weak, tag.low_pass_samples, tag.bucket_samples) == (True, 1, 4)
     assert not cmap.tasks["arithmetic"].weak  # a general task is measured, never targeted
     assert note.mean_pass_rate == pytest.approx(0.5) and tag.mean_pass_rate == pytest.approx(2.65 / 4)
+
+
+@pytest.mark.parametrize("ratio, anchors", [(1.0, [2, 4, 5]), (0.5, [2, 4]), (0.3, [2]), (3.0, [2, 4, 5]), (0.0, [])])
+def test_a_strong_tasks_failures_bring_passed_anchors(ratio, anchors):
+    """Not weak: the failures plus ceil(ratio x failures) passed samples in pool order (at most all of them);
+    a weak task gets none (it has all its samples already)."""
+    pool = [sample("note_taxonomy", i) for i in range(6)] + [sample("hashtag_choice", i) for i in range(3)]
+    rates = [0.0, 0.25, 0.75, 0.0, 1.0, 0.5,  # note_taxonomy (strong): failures 0, 1, 3; passed 2, 4, 5
+             0.0, 1.0, 1.0]
+    cfg = DiagnosisConfig(weak_task_below=50.0, low_pass_below=0.5, rare_floor=0.0, anchor_ratio=ratio)
+    cmap = diagnose({"note_taxonomy": 80.0, "hashtag_choice": 30.0}, pool, rates, cfg)
+    notes = [s.id for s in cmap.bucket if s.task == "note_taxonomy"]
+    assert notes == [f"note_taxonomy-{i}" for i in [0, 1, 3, *anchors]]
+    assert cmap.tasks["note_taxonomy"].low_pass_samples == 3
+    assert [s.id for s in cmap.bucket if s.task == "hashtag_choice"] == [f"hashtag_choice-{i}" for i in range(3)]
+    assert cmap.tasks["note_taxonomy"].bucket_samples == 3 + len(anchors)
+    assert cmap.rule["anchor_ratio"] == ratio
 
 
 def test_rare_tasks_are_repeated_up_to_the_floor():
@@ -62,7 +79,7 @@ def test_empty_bucket_when_everything_passes(tmp_path):
 
 def test_capability_map_files_round_trip(tmp_path):
     pool = [sample("note_taxonomy", i) for i in range(3)]
-    cmap = diagnose({"note_taxonomy": 70.0}, pool, [0.0, 0.5, 1.0], DiagnosisConfig(rare_floor=0))
+    cmap = diagnose({"note_taxonomy": 70.0}, pool, [0.0, 0.5, 1.0], DiagnosisConfig(rare_floor=0, anchor_ratio=0))
     write_capability_map(tmp_path, cmap, pool=pool, pass_rates=[0.0, 0.5, 1.0], model="m")
     assert [s.id for s in load_jsonl(tmp_path / "failure_bucket.jsonl")] == ["note_taxonomy-0"]
     rates = [json.loads(line)["pass_rate"] for line in (tmp_path / "pass_rates.jsonl").read_text().splitlines()]

@@ -46,8 +46,9 @@ class DiagnosisConfig:
     """How stage 1's model is diagnosed and which SFT-pool samples make the failure bucket (the paper leaves
     the rule open; this one is ours). Every pool sample of a weak SNS task (eval score under
     `weak_task_below`) enters the bucket, and so does any other SNS pool sample whose pass rate is under
-    `low_pass_below`. Rare tasks are then up-weighted: every task with bucket samples is repeated up to at
-    least `rare_floor` x the largest task's count."""
+    `low_pass_below`, with `anchor_ratio` of its task's passed samples per failure. Rare tasks are then
+    up-weighted: every task with bucket samples is repeated up to at least `rare_floor` x the largest task's
+    count."""
 
     k: int = field(default=8, metadata={"help": "sampled answers per prompt for the pass rates"})
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature of the pass-rate answers"})
@@ -55,6 +56,8 @@ class DiagnosisConfig:
     weak_task_below: float = field(default=60.0, metadata={
         "help": "an SNS task whose eval score (0-100) is under this is weak: all its pool samples go in the bucket"})
     low_pass_below: float = field(default=0.5, metadata={"help": "a pool sample with a pass rate under this is a failure"})
+    anchor_ratio: float = field(default=1.0, metadata={
+        "help": "a task that is not weak brings this many of its passed pool samples per low-pass sample (0: off)"})
     rare_floor: float = field(default=0.5, metadata={
         "help": "each bucket task is repeated up to at least this share of the largest task's count (0: off)"})
     max_pool_per_task: int = field(default=0, metadata={"help": "diagnose at most N pool samples per task (0: all)"})
@@ -130,7 +133,7 @@ def preset(name: str) -> PipelineConfig:
             stage1=_tiny_rl(),
             diagnosis=DiagnosisConfig(k=4),
             soft_labels=SoftLabelConfig(k=8),
-            stage2=SFTConfig(epochs=3, batch_size=32, micro_batch_tokens=2048, max_length=512, general_ratio=0.056,
+            stage2=SFTConfig(epochs=6, batch_size=32, micro_batch_tokens=2048, max_length=512, general_ratio=0.056,
                              eval_every=0, checkpoint_every=50, eval_max_samples=128,
                              optim=OptimConfig(lr=1e-3, weight_decay=0.1, schedule="cosine", warmup_ratio=0.1),
                              parallel=ParallelConfig(activation_checkpointing=False)),
