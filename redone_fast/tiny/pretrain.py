@@ -26,7 +26,8 @@ from redone_fast.ops import linear_cross_entropy
 class PretrainConfig:
     # passes over the pretrain split (fractional: the last pass is cut short). 8, not 3: after 3 the base model
     # was still learning (target loss 0.34) and any fine-tuning cost it 5-8 general points; after 8 (0.06) its
-    # general tasks are at 99 and the pipeline's stages move them by 2 at most (README, 'the tiny model')
+    # general tasks are at 99 and the pipeline's stages move them by 2 at most (tiny/README.md, 'What was
+    # tuned')
     epochs: float = 8.0
     batch_tokens: int = 1536  # padded tokens per batch (samples of similar length)
     max_length: int = 128
