@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
-__all__ = ["DistContext", "init_distributed", "destroy_distributed", "all_reduce_sum", "all_gather_objects",
+__all__ = ["DistContext", "init_distributed", "destroy_distributed", "all_reduce_sum", "all_reduce_max", "all_gather_objects",
            "any_rank"]
 
 
@@ -86,6 +86,13 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """In-place sum over ranks (a no-op without a group or with one rank); returns the tensor."""
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
+    """In-place maximum over ranks (a no-op without a group or with one rank); returns the tensor."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return tensor
 
 

@@ -201,3 +201,57 @@ def test_bad_settings_are_rejected():
         DAPOObjective(dual_clip=0.5)
     with pytest.raises(ValueError, match="buffer"):
         overlong_penalty(3, 4, 8)
+
+
+def test_log_ratio_is_clamped_so_one_bad_token_cannot_poison_the_step():
+    """A token whose log-ratio is 100 (exp overflows fp32) gave an infinite loss for A < 0 and NaN gradients
+    for A > 0, so the step was skipped. Clamped at +-20 (verl's bound): finite loss and gradients, and the
+    other tokens' terms are unchanged."""
+    (batch,) = pack_rollouts([[1, 2], [3, 4]], [[5, 6, 7], [8, 9]], [1.0, -1.0], token_budget=64)
+    mask = batch.loss_mask
+    old = torch.zeros(batch.num_tokens)
+    old[mask] = torch.tensor([-100.0, 0.0, 0.0, -100.0, 0.0])  # ratio e^100 on one token of each sequence
+    batch.old_logprobs = old
+    logp = torch.zeros(batch.num_tokens, requires_grad=True)
+    per_token, _ = DAPOObjective().per_token_loss(logp, batch)
+    per_token.sum().backward()
+    assert bool(torch.isfinite(per_token).all()) and bool(torch.isfinite(logp.grad).all())
+    values = per_token[mask].tolist()
+    assert values == pytest.approx([-1.28, -1.0, -1.0, math.exp(20.0), 1.0], rel=1e-5)
+    unclamped = DAPOObjective(log_ratio_clamp=1e9).per_token_loss(torch.zeros(batch.num_tokens), batch)[0]
+    assert not bool(torch.isfinite(unclamped).all())  # what the clamp prevents
+
+
+def test_rollout_logprobs_travel_with_their_tokens():
+    (batch,) = pack_rollouts([[11, 12, 13], [14]], [[21, 22], [23, 24, 25]], [0.5, -1.0], token_budget=16,
+                             rollout_logprobs=[[-0.1, -0.2], [-0.3, -0.4, -0.5]])
+    by_label = dict(zip(batch.labels.tolist(), batch.rollout_logprobs.tolist()))
+    assert by_label[21] == pytest.approx(-0.1) and by_label[22] == pytest.approx(-0.2)
+    assert [by_label[t] for t in (23, 24, 25)] == pytest.approx([-0.3, -0.4, -0.5])
+    assert float(batch.rollout_logprobs[~batch.loss_mask].abs().sum()) == 0.0
+    assert batch.without_targets().rollout_logprobs is not None and batch.to("cpu").rollout_logprobs is not None
+    with pytest.raises(ValueError, match="one value per response token"):
+        pack_rollouts([[1]], [[2, 3]], [0.0], token_budget=16, rollout_logprobs=[[-1.0]])
+
+
+def test_rollout_mismatch_is_logged_and_truncated_importance_sampling_weights_tokens():
+    """Trainer log-probs 0; the engine reported -0.5, 0, 0.3 | -2, 0.1. The IS weight exp(trainer - rollout)
+    is e^0.5, 1, e^-0.3 | e^2 capped at 2, e^-0.1 (TIS; TRL's and verl's correction); k3 and max |delta|."""
+    (batch,) = pack_rollouts([[1, 2], [3, 4]], [[5, 6, 7], [8, 9]], [1.0, -1.0], token_budget=64,
+                             rollout_logprobs=[[-0.5, 0.0, 0.3], [-2.0, 0.1]])
+    batch.old_logprobs = None  # on-policy: the trainer's old log-probs are the current ones
+    logp = torch.zeros(batch.num_tokens)
+    deltas = torch.tensor([0.5, 0.0, -0.3, 2.0, -0.1], dtype=torch.float64)
+    plain, metrics = DAPOObjective().per_token_loss(logp, batch)
+    assert float(metrics["rollout_k3_sum"]) == pytest.approx(float((deltas.exp() - deltas - 1).sum()), rel=1e-5)
+    assert float(metrics["rollout_abs_delta_max"]) == pytest.approx(2.0)
+    weighted, metrics = DAPOObjective(rollout_is_cap=2.0).per_token_loss(logp, batch)
+    weights = deltas.exp().clamp(max=2.0)
+    mask = batch.loss_mask
+    assert weighted[mask].tolist() == pytest.approx((plain[mask].double() * weights).tolist(), rel=1e-5)
+    assert float(metrics["rollout_is_capped_tokens"]) == 1
+    batch.rollout_logprobs = None
+    with pytest.raises(ValueError, match="rollout_logprobs"):
+        DAPOObjective(rollout_is_cap=2.0).per_token_loss(logp, batch)
+    with pytest.raises(ValueError, match="rollout_is_cap"):
+        DAPOObjective(rollout_is_cap=0.5)

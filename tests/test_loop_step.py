@@ -159,3 +159,26 @@ def test_train_step_does_not_synchronise_on_cuda():
         train_step(model, optimizer, scheduler, batches, TokenCrossEntropy(), device=ctx.device)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused-adamw", "foreach-adamw"])
+def test_an_empty_step_moves_no_weight(dist_ctx, fused):
+    """An idle step (no micro-batches: an RL rollout with no signal) leaves the weights and AdamW's state
+    exactly as they were, though momentum and weight decay would move them on a zero gradient; the
+    schedule advances."""
+    cfg = OptimConfig(lr=1e-2, weight_decay=0.1, fused=fused)
+    model = build_model(model_path(), dist_ctx.mesh, ParallelConfig(activation_checkpointing=False))
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg, total_steps=10)
+    train_step(model, optimizer, scheduler, tiny_micro_batches(0), TokenCrossEntropy())  # momentum exists now
+    before = _params(model)
+    moments = {id(p): {k: _full(v).clone() for k, v in optimizer.state[p].items()} for p in model.parameters()}
+    result = train_step(model, optimizer, scheduler, [], TokenCrossEntropy())
+    floats = result.as_floats()
+    assert floats["idle_step"] == 1.0 and floats["loss_tokens"] == 0.0 and floats["skipped"] == 0.0
+    for name, value in _params(model).items():
+        torch.testing.assert_close(value, before[name], rtol=0, atol=0, msg=name)
+    for p in model.parameters():
+        for key, value in optimizer.state[p].items():
+            torch.testing.assert_close(_full(value), moments[id(p)][key], rtol=0, atol=0, msg=key)
+    assert scheduler.last_epoch == 2

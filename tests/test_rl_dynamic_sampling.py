@@ -14,6 +14,7 @@ from redone_fast.model import load_tokenizer
 from redone_fast.ops import group_advantages
 from redone_fast.parallelize import ParallelConfig, build_model
 from redone_fast.rl.loss import DAPOObjective
+from redone_fast.config import apply_config_arguments
 from redone_fast.stages.rl import RLSource, preset
 from redone_fast.tiny import data_path, model_path
 
@@ -33,7 +34,7 @@ class ScriptedEngine:
             for j in range(sampling.n):
                 length = self.length_of(p, j)
                 group.append(SimpleNamespace(response_ids=[5 + j % 3] * (length - 1) + [self.eos], finished=True,
-                                             truncated=False))
+                                             truncated=False, logprobs=[-1.0] * length))
             out.append(group)
         return out
 
@@ -66,6 +67,10 @@ def tiny_parts():
     tokenizer = load_tokenizer(model_path())
     samples = [s for s in load_jsonl(data_path("rl")) if s.task == "note_taxonomy"][:200]
     return tokenizer, samples
+
+
+def cfg_updates(source):
+    return float(source.cfg.updates_per_rollout)
 
 
 def _source(dist_ctx, tiny_parts, score, **overrides):
@@ -124,8 +129,9 @@ def test_refill_rounds_are_bounded(dist_ctx, tiny_parts):
     metrics = source.pop_metrics()
     assert metrics["generation_rounds"] == 3 and len(engine.calls) == 3  # the first round + 2 refills
     assert metrics["groups_dropped"] == 6 + 6 + 6
-    # Nothing had signal: it trains on the last round's groups, whose advantages are all zero.
-    assert all(float(b.advantages.abs().max()) == 0.0 for b in batches)
+    # Nothing had signal: an idle step (no micro-batches: the loop takes no optimizer step).
+    assert batches == [] and metrics["idle_updates"] == cfg_updates(source) and metrics["groups_kept"] == 0
+    assert metrics["signal_share"] == 0.0 and metrics["reward_generated"] == 1.0
 
 
 def test_dynamic_sampling_off_keeps_everything(dist_ctx, tiny_parts):
@@ -144,3 +150,74 @@ def test_overlong_responses_are_penalised(dist_ctx, tiny_parts):
     metrics = source.pop_metrics()
     assert metrics["reward"] == 1.0  # the task reward
     assert metrics["shaped_reward"] == pytest.approx(1.0 + (0 - 0.25 - 0.5 - 1.0) / 4)
+
+
+def test_dynamic_sampling_filters_on_the_task_reward_not_the_shaped_one(dist_ctx, tiny_parts):
+    """All four answers right, one ran into the overlong buffer (shaped 0.75). On the shaped reward that group
+    was kept and std scaling gave the long answer an advantage of -1.5, as if it were wrong; DAPO's
+    reference filters on accuracy, so by default the group carries no signal."""
+    lengths = lambda p, j: (4, 4, 4, 7)[j]  # free up to 6 of 10 tokens: 7 costs -0.25
+    settings = dict(score=_score_by_prompt(lambda s: "all1"), max_response_tokens=10, overlong_buffer=4,
+                    max_refill_rounds=0)
+    source, engine, _ = _source(dist_ctx, tiny_parts, **settings)
+    engine.length_of = lengths
+    assert source.next_step() == []
+    metrics = source.pop_metrics()
+    assert metrics["groups_kept"] == 0 and metrics["groups_dropped"] == 6 and metrics["signal_share"] == 0.0
+    source, engine, _ = _source(dist_ctx, tiny_parts, filter_metric="shaped_reward", **settings)
+    engine.length_of = lengths
+    batches = source.next_step() + source.next_step()
+    assert source.pop_metrics()["groups_kept"] == 6
+    assert min(float(b.advantages.min()) for b in batches) == pytest.approx(-1.5, rel=1e-4)
+
+
+def test_accuracy_filter_counts_partial_scores_as_wrong(tiny_parts):
+    from redone_fast.stages.rl import Group, filter_values, has_signal
+    group = Group(sample=None, prompt_ids=[1], responses=[[2], [3]], truncated=[False, False],
+                  task_rewards=[0.4, 0.7], rewards=[0.4, 0.7], errors=[None, None])
+    assert filter_values(group, "accuracy") == [0.0, 0.0] and not has_signal(group, "accuracy")
+    assert has_signal(group, "task_reward") and has_signal(group, "shaped_reward")
+    with pytest.raises(ValueError, match="filter_metric"):
+        filter_values(group, "acc")
+
+
+@pytest.mark.parametrize("prompts, updates", [(5, 4), (6, 4), (9, 4), (3, 4), (7, 3)])
+def test_every_rollout_gives_exactly_updates_per_rollout_steps(dist_ctx, tiny_parts, prompts, updates):
+    """5, 6 or 9 kept groups over 4 updates gave 3 mini-batches: the rollout then spilled into the next
+    rollout's steps and checkpoints left rollout boundaries. Now the sequences are split evenly."""
+    source, engine, _ = _source(dist_ctx, tiny_parts, _score_by_prompt(lambda s: "mixed"), prompts_per_step=prompts,
+                                updates_per_rollout=updates)
+    steps = [source.next_step() for _ in range(updates)]
+    assert len(engine.calls) == 1 and source.pending == []
+    sizes = [sum(b.num_sequences for b in step) for step in steps]
+    assert sum(sizes) == prompts * 4 and max(sizes) - min(sizes) <= 1 and min(sizes) > 0
+    indices = sorted(i for step in steps for b in step for i in b.rollout_indices)
+    assert indices == list(range(prompts * 4))  # every sequence trained once
+    source.next_step()
+    assert len(engine.calls) == 2  # the next step starts the next rollout
+
+
+def test_rollout_logprobs_reach_the_micro_batches(dist_ctx, tiny_parts):
+    source, _, _ = _source(dist_ctx, tiny_parts, _score_by_prompt(lambda s: "mixed"))
+    for batch in source.next_step():
+        engine = batch.rollout_logprobs[batch.loss_mask]
+        assert engine.numel() > 0 and bool((engine == -1.0).all())  # what ScriptedEngine reported
+
+
+def test_vllm_settings_reach_the_engine(monkeypatch):
+    import redone_fast.rollout.vllm_engine as vllm_engine
+    from redone_fast.stages import rl
+
+    made = {}
+    monkeypatch.setattr(vllm_engine, "VLLMEngine", lambda model, tokenizer, **kw: made.update(kw) or "engine")
+    cfg = apply_config_arguments(preset("tiny"), rl.build_parser().parse_args(
+        ["--run-dir", "x", "--engine", "vllm", "--vllm.gpu-memory-utilization", "0.55", "--vllm.sleep-level", "2",
+         "--vllm.enforce-eager", "true", "--vllm.max-model-len", "4096", "--generation-batch", "128"]))
+    assert rl._make_engine(cfg, None, SimpleNamespace(device="cpu")) == "engine"
+    assert made == {"dtype": "auto", "gpu_memory_utilization": 0.55, "max_model_len": 4096, "sleep_level": 2,
+                    "enforce_eager": True}
+    assert cfg.generation_batch == 128 and rl.rollout_is_cap(cfg) == 2.0  # truncated IS on with vLLM by default
+    assert rl.rollout_is_cap(dataclasses.replace(cfg, engine="hf")) is None
+    assert rl.rollout_is_cap(dataclasses.replace(cfg, engine="hf", rollout_correction="truncate")) == 2.0
+    with pytest.raises(ValueError, match="filter_metric"):
+        rl.check_config(dataclasses.replace(cfg, filter_metric="acc"))

@@ -24,7 +24,7 @@ from typing import Protocol, Sequence
 import torch
 from torch.distributed.tensor import DTensor
 
-from redone_fast.distributed import all_reduce_sum
+from redone_fast.distributed import all_reduce_max, all_reduce_sum
 from redone_fast.model import model_body_and_head, packed_hidden_states
 from redone_fast.ops import linear_cross_entropy
 
@@ -42,7 +42,8 @@ class Objective(Protocol):
         """(loss summed over the micro-batch, metric sums), from hidden [T, H] and the head weight [V, H].
 
         Metric sums are summed over micro-batches and ranks and reported as sums (StepResult.metrics): an
-        objective that wants means also returns the count to divide by."""
+        objective that wants means also returns the count to divide by. A metric whose name ends in
+        `_max` is reduced by its maximum instead."""
 
 
 @dataclass
@@ -72,11 +73,13 @@ class StepResult:
     skipped: torch.Tensor  # 1.0 when the gradients were not finite and the update was not applied
     lr: float
     metrics: dict[str, torch.Tensor] = field(default_factory=dict)  # objective's metric sums over all ranks
+    idle: bool = False  # no micro-batches: nothing was computed and the optimizer did not step
 
     def as_floats(self) -> dict[str, float]:
         values = torch.stack([self.loss.float(), self.count.float(), self.grad_norm.float(), self.skipped.float(),
                               *(v.float() for v in self.metrics.values())]).tolist()  # one sync
-        out = {"loss": values[0], "loss_tokens": values[1], "grad_norm": values[2], "skipped": values[3], "lr": self.lr}
+        out = {"loss": values[0], "loss_tokens": values[1], "grad_norm": values[2], "skipped": values[3], "lr": self.lr,
+               "idle_step": float(self.idle)}
         out.update(zip(self.metrics, values[4:]))
         return out
 
@@ -114,8 +117,15 @@ def forward_backward(model, micro_batches: Sequence, objective: Objective, globa
         (loss * scale).backward()
         loss_sum += loss.detach().float()
         for name, value in metrics.items():
-            metric_sums[name] = metric_sums.get(name, 0) + value.detach().float()
+            value = value.detach().float()
+            if name in metric_sums:
+                value = torch.maximum(metric_sums[name], value) if _is_max(name) else metric_sums[name] + value
+            metric_sums[name] = value
     return loss_sum, metric_sums
+
+
+def _is_max(name: str) -> bool:
+    return name.endswith("_max")
 
 
 def grad_norm(parameters) -> torch.Tensor:
@@ -133,8 +143,19 @@ def _fused(optimizer) -> bool:
 
 def train_step(model, optimizer, scheduler, micro_batches: Sequence, objective: Objective, *,
                grad_clip: float = 1.0, world_size: int = 1, device=None) -> StepResult:
-    """Accumulate over this rank's micro-batches, clip, step AdamW (unless non-finite), step the schedule."""
+    """Accumulate over this rank's micro-batches, clip, step AdamW (unless non-finite), step the schedule.
+
+    An empty `micro_batches` (on every rank: the source decides it from data all ranks share) is an idle
+    step: no forward, no backward and no optimizer step, so neither AdamW's momentum nor its weight decay
+    moves the weights; the schedule still advances, keeping step counts aligned with `total_steps`. An RL
+    rollout with no group-relative signal is such a step.
+    """
     device = device if device is not None else next(model.parameters()).device
+    if not micro_batches:
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+        zero = torch.zeros((), device=device)
+        return StepResult(loss=zero, count=zero, grad_norm=zero, skipped=zero, lr=lr, idle=True)
     local_count = torch.zeros((), device=device, dtype=torch.float32)
     for batch in micro_batches:
         local_count += objective.denominator(batch).to(device).float()
@@ -159,11 +180,21 @@ def train_step(model, optimizer, scheduler, micro_batches: Sequence, objective: 
         optimizer.step()
     scheduler.step()
 
-    names = sorted(metric_sums)
-    totals = all_reduce_sum(torch.stack([loss_sum, *(metric_sums[n] for n in names)]))
-    denominator = global_count.clamp(min=1)
-    return StepResult(loss=totals[0] / denominator, count=global_count, grad_norm=norm, skipped=found_inf,
-                      lr=lr, metrics={n: totals[i + 1] for i, n in enumerate(names)})
+    loss_total, metrics = _reduce_over_ranks(loss_sum, metric_sums)
+    return StepResult(loss=loss_total / global_count.clamp(min=1), count=global_count, grad_norm=norm,
+                      skipped=found_inf, lr=lr, metrics=metrics)
+
+
+def _reduce_over_ranks(loss_sum: torch.Tensor, metric_sums: dict[str, torch.Tensor]):
+    """(global loss sum, metrics): sums over ranks, maxima for the `_max` metrics; one collective each."""
+    sums = sorted(n for n in metric_sums if not _is_max(n))
+    maxima = sorted(n for n in metric_sums if _is_max(n))
+    totals = all_reduce_sum(torch.stack([loss_sum, *(metric_sums[n] for n in sums)]))
+    metrics = {n: totals[i + 1] for i, n in enumerate(sums)}
+    if maxima:
+        peaks = all_reduce_max(torch.stack([metric_sums[n] for n in maxima]))
+        metrics.update({n: peaks[i] for i, n in enumerate(maxima)})
+    return totals[0], metrics
 
 
 @torch.no_grad()

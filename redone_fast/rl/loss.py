@@ -1,10 +1,22 @@
 """DAPO's clipped policy-gradient objective on packed rollouts, through the fused no-logits op.
 
-Per response token t of sequence i, with r = exp(logp - old_logp) and A_i the group-relative advantage:
+Per response token t of sequence i, with r = exp(clamp(logp - old_logp, +-log_ratio_clamp)) and A_i the
+group-relative advantage:
 
     l_t = -min(r * A, clip(r, 1 - eps_low, 1 + eps_high) * A)            (DAPO: decoupled "clip-higher")
     l_t = min(l_t, -dual_clip * A)  where A < 0, when dual_clip is set    (dual-clip PPO, Ye et al. 2020)
+    l_t *= min(exp(old_logp - rollout_logp), rollout_is_cap)              (optional: truncated IS, see below)
     l_t += kl_coef * k3(ref_logp, logp)                                   (optional; off by default)
+
+The clamp (+-20, verl's value) keeps one token whose log-ratio blew up (a stale or corrupted old log-prob)
+from making the loss infinite or the gradient NaN, which would skip the whole step.
+
+Rollout/trainer mismatch: the rollout engine (vLLM in bf16, other kernels) samples from a slightly
+different distribution than the trainer computes. With `rollout_logprobs` in the batch the objective
+logs the mismatch (k3 estimate of KL(rollout || trainer) and the largest |delta| per token) and, when
+`rollout_is_cap` is set, weights each token by the truncated importance ratio trainer/rollout (detached,
+capped from above): TIS, Yao et al. 2025, "Your efficient RL framework secretly brings you off-policy RL
+training"; TRL's `vllm_importance_sampling_correction` and verl's rollout IS are the same correction.
 
 k3(ref, logp) = exp(ref - logp) - (ref - logp) - 1 (Schulman's unbiased, positive KL estimator). The
 aggregation over the global mini-batch (every micro-batch and rank):
@@ -19,6 +31,7 @@ the rollouts were sampled from.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -45,6 +58,7 @@ class RLMicroBatch:
     # on-policy (one update per rollout): the rollout policy is then the current one, see per_token_loss
     old_logprobs: torch.Tensor | None
     ref_logprobs: torch.Tensor | None = None  # [T] fp32, under the frozen reference (KL only)
+    rollout_logprobs: torch.Tensor | None = None  # [T] fp32, what the rollout engine reported (0 off the loss tokens)
     num_sequences: int = 0
     max_seqlen: int = 0
     rollout_indices: tuple[int, ...] = ()  # which rollouts of the step are packed here, in order
@@ -61,15 +75,16 @@ class RLMicroBatch:
         """A filler with no loss tokens (ranks with fewer micro-batches run these: FSDP2 collectives)."""
         zeros = torch.zeros_like(self.advantages)
         filler = (lambda t: None if t is None else zeros.clone())
-        return RLMicroBatch(self.input_ids, self.position_ids, self.cu_seqlens, torch.full_like(self.labels, IGNORE_INDEX),
-                            zeros, torch.ones_like(zeros), filler(self.old_logprobs), filler(self.ref_logprobs),
-                            0, self.max_seqlen, ())
+        return dataclasses.replace(self, labels=torch.full_like(self.labels, IGNORE_INDEX), advantages=zeros,
+                                   response_lengths=torch.ones_like(zeros), old_logprobs=filler(self.old_logprobs),
+                                   ref_logprobs=filler(self.ref_logprobs),
+                                   rollout_logprobs=filler(self.rollout_logprobs), num_sequences=0,
+                                   rollout_indices=())
 
     def to(self, device) -> "RLMicroBatch":
         move = (lambda t: None if t is None else t.to(device))
-        return RLMicroBatch(move(self.input_ids), move(self.position_ids), move(self.cu_seqlens), move(self.labels),
-                            move(self.advantages), move(self.response_lengths), move(self.old_logprobs),
-                            move(self.ref_logprobs), self.num_sequences, self.max_seqlen, self.rollout_indices)
+        return dataclasses.replace(self, **{f.name: move(getattr(self, f.name)) for f in dataclasses.fields(self)
+                                            if isinstance(getattr(self, f.name), torch.Tensor)})
 
 
 @dataclass
@@ -82,6 +97,8 @@ class DAPOObjective:
     aggregation: str = "token-mean"
     kl_coef: float = 0.0
     temperature: float = 1.0
+    log_ratio_clamp: float = 20.0  # |logp - old_logp| bound before exp (verl's value)
+    rollout_is_cap: float | None = None  # truncated IS on the rollout/trainer ratio (None: off; TRL and verl: 2.0)
 
     def __post_init__(self):
         if self.aggregation not in AGGREGATIONS:
@@ -90,6 +107,10 @@ class DAPOObjective:
             raise ValueError(f"dual_clip: must be > 1 (or None), got {self.dual_clip}")
         if not (0 <= self.eps_low < 1 and self.eps_high >= 0):
             raise ValueError(f"clip range out of bounds: eps_low={self.eps_low}, eps_high={self.eps_high}")
+        if not self.log_ratio_clamp > 0:
+            raise ValueError(f"log_ratio_clamp: must be > 0, got {self.log_ratio_clamp}")
+        if self.rollout_is_cap is not None and not self.rollout_is_cap >= 1.0:
+            raise ValueError(f"rollout_is_cap: must be >= 1 (or None), got {self.rollout_is_cap}")
 
     def denominator(self, batch: RLMicroBatch) -> torch.Tensor:
         if self.aggregation == "token-mean":
@@ -104,7 +125,8 @@ class DAPOObjective:
         # differentiated, so the old log-probs are these log-probs, detached (the ratio is exactly 1 and its
         # gradient is grad log p). This is what a recompute would return, without the extra forward pass.
         old = logp.detach() if batch.old_logprobs is None else batch.old_logprobs.float()
-        log_ratio = torch.where(mask, logp - old, torch.zeros_like(logp))
+        bound = self.log_ratio_clamp
+        log_ratio = torch.where(mask, (logp - old).clamp(-bound, bound), torch.zeros_like(logp))
         ratio = torch.exp(log_ratio)
         unclipped = -adv * ratio
         clipped = -adv * ratio.clamp(1.0 - self.eps_low, 1.0 + self.eps_high)
@@ -116,10 +138,21 @@ class DAPOObjective:
             "approx_kl_sum": torch.where(mask, torch.exp(-log_ratio) + log_ratio - 1, 0).sum().detach(),
         }
         if self.dual_clip is not None:
-            bound = -adv * self.dual_clip
-            dual = mask & (adv < 0) & (loss > bound)
-            loss = torch.where(adv < 0, torch.minimum(loss, bound), loss)
+            lower = -adv * self.dual_clip
+            dual = mask & (adv < 0) & (loss > lower)
+            loss = torch.where(adv < 0, torch.minimum(loss, lower), loss)
             metrics["dual_clip_tokens"] = dual.sum().float()
+        if batch.rollout_logprobs is not None:
+            # trainer (old policy) over rollout engine, per token; samples came from the rollout engine
+            delta = torch.where(mask, (old.detach() - batch.rollout_logprobs.float()).clamp(-bound, bound), 0)
+            metrics["rollout_k3_sum"] = torch.where(mask, torch.exp(delta) - delta - 1, 0).sum().detach()
+            metrics["rollout_abs_delta_max"] = delta.abs().max().detach()
+            if self.rollout_is_cap is not None:
+                weight = torch.exp(delta).clamp(max=self.rollout_is_cap)
+                loss = loss * weight
+                metrics["rollout_is_capped_tokens"] = (mask & (torch.exp(delta) > self.rollout_is_cap)).sum().float()
+        elif self.rollout_is_cap is not None:
+            raise ValueError("rollout_is_cap is set but the micro-batch has no rollout_logprobs")
         if self.kl_coef:
             if batch.ref_logprobs is None:
                 raise ValueError("kl_coef > 0 needs ref_logprobs in the micro-batch")
@@ -140,6 +173,10 @@ class DAPOObjective:
             means["dual_clip_frac"] = sums["dual_clip_tokens"] / tokens
         if "ref_kl_sum" in sums:
             means["ref_kl"] = sums["ref_kl_sum"] / tokens
+        if "rollout_k3_sum" in sums:
+            means["rollout_k3"] = sums["rollout_k3_sum"] / tokens
+        if "rollout_is_capped_tokens" in sums:
+            means["rollout_is_capped_frac"] = sums["rollout_is_capped_tokens"] / tokens
         return means
 
     def token_weights(self, batch: RLMicroBatch) -> torch.Tensor:

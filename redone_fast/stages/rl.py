@@ -16,18 +16,31 @@
         --train-files sns.jsonl --general-files general.jsonl --engine vllm --run-dir runs/stage1
 
 Where this departs from the paper (arXiv 2511.07070) or fills in what it leaves open:
-- Dynamic sampling keeps groups whose *shaped* rewards are not all equal (zero variance means zero
-  gradient); DAPO's paper filters on accuracy 0 or 1, which is the same when no overlong penalty applies.
-  Each refill round generates a full `prompts_per_step` batch of new prompts (surplus kept groups are
-  discarded); rounds are bounded (`max_refill_rounds`); a batch still short after them trains on what it
-  has, and a rollout where no group had signal trains on its last round (zero advantages: no update).
+- Dynamic sampling keeps a group when its *task* rewards (before the overlong penalty) are not all equal,
+  as DAPO's reference filters on accuracy (`filter_metric`: "task_reward", the default; "accuracy", the
+  reward counted as 1 at >= 1 else 0; "shaped_reward", after the penalty). Filtering on the shaped reward
+  would keep a group of 16 right answers where one ran a token into the overlong buffer, and std scaling
+  would then give that answer an advantage of about -3.7, as strong as a wrong answer's. Advantages are
+  still computed on the shaped rewards. Each refill round generates a full `prompts_per_step` batch of
+  new prompts (surplus kept groups are discarded); rounds are bounded (`max_refill_rounds`); a batch still
+  short after them trains on what it has, and a rollout where no group had signal takes no optimizer step
+  (idle steps: AdamW's momentum and weight decay would otherwise still move the weights).
+- Every rollout gives exactly `updates_per_rollout` optimizer steps: its sequences are split into that
+  many mini-batches of near-equal size (groups stay together where the split allows), so checkpoints
+  (every `checkpoint_every_rollouts`) fall on rollout boundaries. A mini-batch with nothing to learn
+  (no sequences, or only zero advantages without a KL term) is an idle step.
 - Sampling temperature 1.0 and no KL or entropy term (the DAPO reference's choices; the paper is silent);
   `kl_coef` adds a k3 KL to a frozen copy of the starting model.
 - Loss aggregation: token-mean (DAPO's) by default; the paper's equation as printed is
-  "seq-mean-token-mean".
+  "seq-mean-token-mean". The log-ratio is clamped to +-20 before exp (verl's bound).
+- The rollout engine's log-probs travel with each group; every update logs the rollout/trainer mismatch
+  (`rollout_k3`, `rollout_abs_delta_max`), and `rollout_correction="truncate"` weights each token by
+  min(trainer/rollout ratio, `rollout_is_cap`) (truncated importance sampling, as TRL and verl offer);
+  "auto" turns it on with vLLM (bf16 sampling kernels) and off with the transformers engine (the same fp32
+  model: the mismatch is rounding).
 - A "step" of the paper is a rollout step; the loop counts optimizer steps (`updates_per_rollout` per
-  rollout). Checkpoints are taken at rollout boundaries; a run stopped inside a rollout's updates resumes
-  at the next rollout (the rest of that rollout's mini-batches are not replayed).
+  rollout). A run stopped inside a rollout's updates resumes at the next rollout (the rest of that
+  rollout's mini-batches are not replayed).
 - Rewards that raise or time out score 0 and are counted per task (`reward_errors/<task>`).
 - Log-probs are of the temperature-scaled logits (the distribution sampled from), for the old policy, the
   current one and the reference alike.
@@ -47,7 +60,11 @@ from redone_fast.config import to_dict
 from redone_fast.loop.optim import OptimConfig
 from redone_fast.parallelize import ParallelConfig
 
-__all__ = ["RLConfig", "preset", "PRESETS", "RLSource", "run_rl", "main"]
+__all__ = ["RLConfig", "VLLMSettings", "preset", "PRESETS", "FILTER_METRICS", "ROLLOUT_CORRECTIONS", "RLSource",
+           "filter_values", "has_signal", "split_evenly", "check_config", "rollout_is_cap", "run_rl", "main"]
+
+FILTER_METRICS = ("task_reward", "accuracy", "shaped_reward")
+ROLLOUT_CORRECTIONS = ("auto", "off", "truncate")
 
 
 def _tiny_model() -> str:
@@ -58,6 +75,19 @@ def _tiny_model() -> str:
 def _tiny_rl_data() -> list[str]:
     from redone_fast.tiny import data_path
     return [str(data_path("rl"))]
+
+
+@dataclass
+class VLLMSettings:
+    """What VLLMEngine needs on a GPU node (see redone_fast/rollout/vllm_engine.py); unused by the hf engine."""
+
+    gpu_memory_utilization: float = field(default=0.3, metadata={
+        "help": "share of the GPU vLLM reserves for weights + KV cache (leave room for the trainer)"})
+    max_model_len: int | None = field(default=None, metadata={
+        "help": "longest prompt + response vLLM plans for (none: max prompt + max response tokens)"})
+    sleep_level: int = field(default=1, metadata={"help": "1: offload weights while training; 2: discard them"})
+    enforce_eager: bool = field(default=False, metadata={"help": "no CUDA graphs (less memory, slower decoding)"})
+    dtype: str = field(default="auto", metadata={"help": "vLLM's dtype (auto: the checkpoint's)"})
 
 
 @dataclass
@@ -80,6 +110,8 @@ class RLConfig:
     overlong_buffer: int = field(default=4096, metadata={"help": "DAPO overlong buffer (0: no shaping)"})
     overlong_factor: float = field(default=1.0, metadata={"help": "DAPO overlong penalty factor"})
     dynamic_sampling: bool = field(default=True, metadata={"help": "drop groups whose rewards are all equal"})
+    filter_metric: str = field(default="task_reward", metadata={
+        "help": "what dynamic sampling compares: task_reward (before shaping; DAPO) | accuracy | shaped_reward"})
     max_refill_rounds: int = field(default=3, metadata={"help": "extra generation rounds to refill the batch"})
     scale_by_std: bool = field(default=True, metadata={"help": "divide advantages by the group std (False: Dr. GRPO)"})
     eps_low: float = field(default=0.2, metadata={"help": "clip range below 1"})
@@ -88,9 +120,14 @@ class RLConfig:
     aggregation: str = field(default="token-mean", metadata={
         "help": "token-mean | seq-mean-token-mean (the paper's equation) | seq-mean-token-sum"})
     kl_coef: float = field(default=0.0, metadata={"help": "k3 KL to the frozen starting model (0: off)"})
+    log_ratio_clamp: float = field(default=20.0, metadata={"help": "bound on |logp - old_logp| before exp (verl)"})
+    rollout_correction: str = field(default="auto", metadata={
+        "help": "truncated importance sampling on the rollout/trainer mismatch: auto (on with vllm) | off | truncate"})
+    rollout_is_cap: float = field(default=2.0, metadata={"help": "upper cap of the truncated IS weight (TRL: 2)"})
     micro_batch_tokens: int = field(default=16384, metadata={"help": "token budget of a packed micro-batch"})
     engine: str = field(default="hf", metadata={"help": "rollout engine: hf (transformers) or vllm"})
-    generation_batch: int = field(default=64, metadata={"help": "prompts per generate call (hf engine)"})
+    generation_batch: int = field(default=64, metadata={"help": "prompts per generate call (both engines)"})
+    vllm: VLLMSettings = field(default_factory=VLLMSettings)
     reward_workers: int = field(default=2, metadata={"help": "reward worker processes (0: in-process)"})
     reward_timeout_s: float = field(default=10.0, metadata={"help": "a reward slower than this scores 0"})
     seed: int = field(default=0, metadata={"help": "prompt order and sampling seed"})
@@ -130,6 +167,32 @@ class Group:
     task_rewards: list[float]  # the task's reward, before shaping
     rewards: list[float]  # after the overlong penalty
     errors: list[str | None]
+    rollout_logprobs: list[list[float]] = field(default_factory=list)  # the engine's, one per response token
+
+
+def filter_values(group: Group, metric: str) -> list[float]:
+    """The per-answer values dynamic sampling compares (see the module docstring)."""
+    if metric == "task_reward":
+        return group.task_rewards
+    if metric == "accuracy":
+        return [float(r >= 1.0) for r in group.task_rewards]
+    if metric == "shaped_reward":
+        return group.rewards
+    raise ValueError(f"filter_metric: must be one of {FILTER_METRICS}, got {metric!r}")
+
+
+def has_signal(group: Group, metric: str) -> bool:
+    """Whether the group's answers differ in `metric` (all equal: zero advantage, nothing to learn)."""
+    return len(set(filter_values(group, metric))) > 1
+
+
+def split_evenly(count: int, parts: int) -> list[range]:
+    """`parts` contiguous ranges covering 0..count-1, sizes differing by at most one (empty when count < parts)."""
+    base, extra = divmod(count, parts)
+    bounds = [0]
+    for part in range(parts):
+        bounds.append(bounds[-1] + base + (part < extra))
+    return [range(a, b) for a, b in zip(bounds, bounds[1:])]
 
 
 class RLSource:
@@ -213,7 +276,7 @@ class RLSource:
             timings["generated_tokens"] += sum(len(ro.response_ids) for ro in rollouts)
             local.append((index, Group(sample, prompt_ids, [list(ro.response_ids) for ro in rollouts],
                                        [bool(ro.truncated) for ro in rollouts], task_rewards, shaped,
-                                       [o.error for o in outs])))
+                                       [o.error for o in outs], [list(ro.logprobs) for ro in rollouts])))
         gathered = all_gather_objects((local, timings))
         groups = sorted((item for part, _ in gathered for item in part), key=lambda item: item[0])
         totals = {key: sum(t[key] for _, t in gathered) for key in timings}
@@ -228,63 +291,57 @@ class RLSource:
         self.engine.load_weights(self.model)
         self.engine.wake()
         kept: list[Group] = []
+        generated: list[Group] = []  # every group of every round (the metrics of what the policy sampled)
         dropped, rounds = 0, 0
         stats = defaultdict(float)
-        last_groups: list[Group] = []
         while len(kept) < cfg.prompts_per_step and rounds <= cfg.max_refill_rounds:
             samples = self.sampler.take(cfg.prompts_per_step)  # full rounds, as DAPO's reference does
             groups, timings = self._generate_groups(samples)
             for key, value in timings.items():
                 stats[key] += value
             rounds += 1
-            last_groups = groups
+            generated += groups
             for group in groups:
-                if not cfg.dynamic_sampling or len(set(group.rewards)) > 1:
+                if not cfg.dynamic_sampling or has_signal(group, cfg.filter_metric):
                     kept.append(group)
                 else:
                     dropped += 1
         self.engine.sleep()
-        if not kept:  # every group was all-equal for every round: train on the last ones (zero advantages)
-            kept = last_groups
         kept = kept[:cfg.prompts_per_step]
 
-        # Advantages: one launch over the whole batch; groups are contiguous here.
-        rewards = torch.tensor([r for g in kept for r in g.rewards], dtype=torch.float32)
-        group_ids = torch.tensor([gi for gi, g in enumerate(kept) for _ in g.rewards], dtype=torch.int64)
-        advantages = group_advantages(rewards, group_ids, len(kept), scale_by_std=cfg.scale_by_std).seq.tolist()
-
         started = time.perf_counter()
-        self.pending = self._mini_batches(kept, advantages)
+        if kept:
+            # Advantages (on the shaped rewards): one launch over the whole batch; groups are contiguous here.
+            rewards = torch.tensor([r for g in kept for r in g.rewards], dtype=torch.float32)
+            group_ids = torch.tensor([gi for gi, g in enumerate(kept) for _ in g.rewards], dtype=torch.int64)
+            advantages = group_advantages(rewards, group_ids, len(kept), scale_by_std=cfg.scale_by_std).seq.tolist()
+            self.pending = self._mini_batches(kept, advantages)
+        else:  # no group had signal in any round: idle steps, the weights stay where they are
+            self.pending = [[] for _ in range(cfg.updates_per_rollout)]
         stats["old_logprob_s"] = time.perf_counter() - started
-        self._metrics = self._rollout_metrics(kept, dropped, rounds, stats)
+        last_round = generated[-len(groups):]
+        self._metrics = self._rollout_metrics(kept or last_round, generated, len(kept), dropped, rounds, stats)
         self.rollouts_done += 1
 
     def _mini_batches(self, kept: list[Group], advantages: list[float]) -> list[list]:
+        """Exactly `updates_per_rollout` steps of this rank's micro-batches; [] marks an idle step."""
         from redone_fast.loop.step import rank_micro_batches
         from redone_fast.rl.batch import pack_rollouts
         from redone_fast.rl.loss import RLMicroBatch
 
-        updates = max(1, min(self.cfg.updates_per_rollout, len(kept)))
-        per_update = -(-len(kept) // updates)
+        updates = self.cfg.updates_per_rollout
+        sequences = [(g, j) for g in kept for j in range(len(g.responses))]  # rollout index = position here
         budget = max(self.cfg.micro_batch_tokens,
                      max(len(g.prompt_ids) + len(r) for g in kept for r in g.responses))
-        offsets, total = [], 0
-        for g in kept:
-            offsets.append(total)
-            total += len(g.responses)
         mini_batches = []
-        for u in range(updates):
-            chosen = range(u * per_update, min(len(kept), (u + 1) * per_update))
-            prompts, responses, advs, indices = [], [], [], []
-            for gi in chosen:
-                for j, response in enumerate(kept[gi].responses):
-                    prompts.append(kept[gi].prompt_ids)
-                    responses.append(response)
-                    advs.append(advantages[offsets[gi] + j])
-                    indices.append(offsets[gi] + j)
-            if not prompts:
+        for chosen in split_evenly(len(sequences), updates):
+            if not any(advantages[k] != 0.0 for k in chosen) and not self.cfg.kl_coef:
+                mini_batches.append([])  # nothing to learn from these sequences
                 continue
-            packed = pack_rollouts(prompts, responses, advs, budget, indices=indices)
+            packed = pack_rollouts([sequences[k][0].prompt_ids for k in chosen],
+                                   [sequences[k][0].responses[sequences[k][1]] for k in chosen],
+                                   [advantages[k] for k in chosen], budget, indices=list(chosen),
+                                   rollout_logprobs=[sequences[k][0].rollout_logprobs[sequences[k][1]] for k in chosen])
             mine = rank_micro_batches(packed, self.ctx.rank, self.ctx.world_size, RLMicroBatch.without_targets)
             for batch in mine:
                 # one update per rollout is on-policy: DAPOObjective then uses the current log-probs, detached,
@@ -307,7 +364,10 @@ class RLSource:
         logp = linear_logprobs(hidden, weight, batch.labels.to(device).clamp(min=0), temperature=self.cfg.temperature)
         return logp.float()
 
-    def _rollout_metrics(self, kept: list[Group], dropped: int, rounds: int, stats) -> dict[str, float]:
+    def _rollout_metrics(self, kept: list[Group], generated: list[Group], kept_count: int, dropped: int,
+                         rounds: int, stats) -> dict[str, float]:
+        """Figures of the kept groups (the trained batch; the last round's groups when none was kept), and
+        `*_generated` / `signal_share` over every group sampled in the rollout (an unfiltered view)."""
         from redone_fast.data.tasks import TASKS
         by_task_reward, by_task_acc, errors = defaultdict(list), defaultdict(list), defaultdict(int)
         lengths, truncated = [], []
@@ -326,7 +386,13 @@ class RLSource:
             "response_length_mean": sum(lengths) / len(lengths),
             "response_length_max": float(max(lengths)),
             "truncated_share": sum(truncated) / len(truncated),
-            "groups_kept": float(len(kept)),
+            "groups_kept": float(kept_count),
+            "reward_generated": sum(r for g in generated for r in g.task_rewards)
+            / max(1, sum(len(g.task_rewards) for g in generated)),
+            "accuracy_generated": sum(float(r >= 1.0) for g in generated for r in g.task_rewards)
+            / max(1, sum(len(g.task_rewards) for g in generated)),
+            "signal_share": sum(has_signal(g, self.cfg.filter_metric) for g in generated) / max(1, len(generated)),
+            "idle_updates": float(sum(not step for step in self.pending)),
             "groups_dropped": float(dropped),
             "generation_rounds": float(rounds),
             "generate_s": stats["generate_s"],
@@ -366,8 +432,27 @@ def _make_engine(cfg: RLConfig, tokenizer, ctx):
         return HFEngine(cfg.model, tokenizer, device=ctx.device, max_batch_prompts=cfg.generation_batch)
     if cfg.engine == "vllm":
         from redone_fast.rollout.vllm_engine import VLLMEngine
-        return VLLMEngine(cfg.model, tokenizer)
+        v = cfg.vllm
+        max_len = v.max_model_len or cfg.max_prompt_tokens + cfg.max_response_tokens
+        return VLLMEngine(cfg.model, tokenizer, dtype=v.dtype, gpu_memory_utilization=v.gpu_memory_utilization,
+                          max_model_len=max_len, sleep_level=v.sleep_level, enforce_eager=v.enforce_eager)
     raise ValueError(f"engine: must be 'hf' or 'vllm', got {cfg.engine!r}")
+
+
+def check_config(cfg: RLConfig) -> None:
+    """Reject bad choices before anything is built (ValueError naming the field)."""
+    choices = {"engine": ("hf", "vllm"), "filter_metric": FILTER_METRICS, "rollout_correction": ROLLOUT_CORRECTIONS}
+    for name, allowed in choices.items():
+        if getattr(cfg, name) not in allowed:
+            raise ValueError(f"{name}: must be one of {', '.join(allowed)}; got {getattr(cfg, name)!r}")
+    if cfg.updates_per_rollout < 1 or cfg.rollout_steps < 0 or cfg.prompts_per_step < 1:
+        raise ValueError("updates_per_rollout and prompts_per_step must be >= 1, rollout_steps >= 0")
+
+
+def rollout_is_cap(cfg: RLConfig) -> float | None:
+    """The truncated-IS cap in force: `rollout_is_cap` when the correction is on (auto: with vLLM), else None."""
+    on = cfg.rollout_correction == "truncate" or (cfg.rollout_correction == "auto" and cfg.engine == "vllm")
+    return cfg.rollout_is_cap if on else None
 
 
 def run_rl(cfg: RLConfig, run_dir, *, stage: str = "rl") -> dict:
@@ -381,6 +466,7 @@ def run_rl(cfg: RLConfig, run_dir, *, stage: str = "rl") -> dict:
     from redone_fast.stages.result import finish_stage
     from redone_fast.rl.loss import DAPOObjective
 
+    check_config(cfg)
     run_dir = Path(run_dir)
     started = time.perf_counter()
     ctx = init_distributed()
@@ -401,7 +487,8 @@ def run_rl(cfg: RLConfig, run_dir, *, stage: str = "rl") -> dict:
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, total_steps)
     objective = DAPOObjective(eps_low=cfg.eps_low, eps_high=cfg.eps_high, dual_clip=cfg.dual_clip,
-                              aggregation=cfg.aggregation, kl_coef=cfg.kl_coef, temperature=cfg.temperature)
+                              aggregation=cfg.aggregation, kl_coef=cfg.kl_coef, temperature=cfg.temperature,
+                              log_ratio_clamp=cfg.log_ratio_clamp, rollout_is_cap=rollout_is_cap(cfg))
     torch.manual_seed(cfg.seed + ctx.rank)  # the engine's sampling; restored from checkpoints on resume
     engine = _make_engine(cfg, tokenizer, ctx)
     try:
