@@ -20,7 +20,7 @@ Output (`--out FILE`, and a table on stdout):
     {"model": str, "bundled": ModelScores.to_json(),
      "sns_bench": {"files": {stem: {"score", "metric", "items", "too_long", "stand_in"}}, "mean": float,
                    "too_long": int, "limit": int} | null,
-     "headroom": {task: TaskHeadroom.to_json()} | null   (--headroom K; redone_fast.pipeline.headroom),
+     "headroom": {task: TaskHeadroom.to_json()} | null   (--headroom-k K; redone_fast.pipeline.headroom),
      "config": EvalConfig as a dict, "seconds": float}
 
 Errors in the inputs (a missing or broken model folder, a malformed JSONL line, a missing SNS-Bench folder)
@@ -159,9 +159,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="an SNS-Bench data folder (the benchmark's twelve JSON files); default: not scored")
     parser.add_argument("--sns-bench-limit", type=int, default=0, metavar="N",
                         help="only the first N items of each SNS-Bench file (default: 0, all)")
-    parser.add_argument("--headroom", type=int, default=0, metavar="K",
-                        help="also measure the sampling headroom per task: greedy, pass@1 and pass@K at temperature "
-                        "1, the share of groups with signal, answer entropy (redone_fast.pipeline.headroom; 0: off)")
     parser.add_argument("--out", metavar="FILE", default=None, help="write the results as JSON here")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: CUDA when available)")
     add_config_arguments(parser, EvalConfig)
@@ -185,8 +182,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     if args.sns_bench_limit < 0:
         parser.error(f"--sns-bench-limit: expected >= 0, got {args.sns_bench_limit}")
-    if args.headroom < 0 or args.headroom == 1:
-        parser.error(f"--headroom: expected 0 (off) or K >= 2, got {args.headroom}")
     started = time.perf_counter()
 
     # Inputs first, all of them, before a model is loaded.
@@ -218,10 +213,11 @@ def main(argv: list[str] | None = None) -> int:
             bench = score_sns_bench_samples(engine, bench_samples, cfg, ctx=ctx)
             bench["limit"] = args.sns_bench_limit
         headroom = None
-        if args.headroom:
+        if cfg.headroom_k:
             from redone_fast.pipeline.headroom import measure_headroom
-            headroom = measure_headroom(engine, samples, k=args.headroom, max_new_tokens=cfg.max_new_tokens,
-                                        max_samples_per_task=cfg.max_samples_per_task, ctx=ctx,
+            headroom = measure_headroom(engine, first_per_task(samples, cfg.max_samples_per_task), k=cfg.headroom_k,
+                                        max_new_tokens=cfg.max_new_tokens,
+                                        max_samples_per_task=cfg.headroom_samples_per_task, ctx=ctx,
                                         reward_workers=cfg.reward_workers)
         context = context_length(engine)
     finally:
@@ -238,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         print(format_report(result, context=context, max_new_tokens=cfg.max_new_tokens))
         if headroom is not None:
             from redone_fast.pipeline.headroom import headroom_table
-            print(f"\nsampling headroom (temperature 1, k={args.headroom}):\n{headroom_table(headroom)}")
+            print(f"\nsampling headroom (temperature 1, k={cfg.headroom_k}):\n{headroom_table(headroom)}")
         if args.out:
             print(f"results: {args.out}")
     return 0

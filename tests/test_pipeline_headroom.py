@@ -47,7 +47,7 @@ def test_eval_cli_prints_and_writes_the_headroom_table(tmp_path, capsys):
     from redone_fast.eval import main
     from redone_fast.tiny import model_path
     out = tmp_path / "scores.json"
-    assert main(["--model", str(model_path()), "--max-samples-per-task", "3", "--headroom", "4",
+    assert main(["--model", str(model_path()), "--max-samples-per-task", "3", "--headroom-k", "4",
                  "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "sampling headroom" in printed and "pass@4" in printed

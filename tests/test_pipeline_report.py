@@ -261,3 +261,19 @@ def test_failed_write_keeps_previous_report(tmp_path, monkeypatch):
         write_report(tmp_path, _state())
     assert (tmp_path / "report.md").read_bytes() == before
     assert not [path for path in tmp_path.rglob("*.tmp")]
+
+
+def test_headroom_table_per_stage(tmp_path):
+    state = _state()
+    row = lambda p1, pk, sig: {"k": 8, "pass_at_1": p1, "pass_at_k": pk, "signal": sig, "greedy": 0, "entropy": 0}
+    state["headroom"] = {"stage1": {"note_taxonomy": row(60.0, 80.0, 30.0)},
+                         "base": {"note_taxonomy": row(30.4, 90.0, 75.0), "arithmetic": row(99.0, 100.0, 2.0)}}
+    write_report(tmp_path, state)
+    markdown = (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert "## Sampling headroom (temperature 1, k = 8)" in markdown
+    assert "| task | domain | base | stage1 |" in markdown
+    assert "| note_taxonomy | sns | 30 / 90 / 75 | 60 / 80 / 30 |" in markdown
+    assert "| arithmetic | general | 99 / 100 / 2 | — |" in markdown
+    del state["headroom"]
+    write_report(tmp_path, state)
+    assert "Sampling headroom" not in (tmp_path / "report.md").read_text(encoding="utf-8")

@@ -19,7 +19,8 @@ close (SFT's territory); pass@1 near pass@k near 100 is solved. "Right" means a 
 unbiased estimator with n = k is exactly "any of them right").
 
     measure_headroom(engine, samples, k=8) -> {task: TaskHeadroom}
-    python -m redone_fast.eval --model DIR --headroom 8      # the table for a model, on the eval split
+    python -m redone_fast.eval --model DIR --headroom-k 8    # the table for a model, on the eval split
+    python -m redone_fast.train ...                          # report.md: the table of every stage's model
 """
 from __future__ import annotations
 

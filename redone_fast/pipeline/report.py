@@ -289,6 +289,7 @@ def render_markdown(state: dict, report: dict, metrics: dict[str, list[dict]], d
         stages_section(report["stages"], metrics),
         seconds_section(report["seconds"]),
         capability_map_section(capability_map, domains),
+        headroom_section(state.get("headroom") or {}, domains),
         notes_section(state.get("notes") or []),
         plots_section(plots),
     ]
@@ -387,6 +388,27 @@ def capability_map_section(capability_map: dict | None, domains: dict[str, str])
     if capability_map.get("rule") is not None:
         extra.append(f"Rule: `{json.dumps(capability_map['rule'], sort_keys=True)}`")
     return "## Capability map (stage 2 diagnosis)\n\n" + "\n".join(lines) + "".join("\n\n" + line for line in extra)
+
+
+def headroom_section(headroom: dict[str, dict], domains: dict[str, str]) -> str:
+    """Per task and evaluated model: pass@1 / pass@k / signal share (redone_fast.pipeline.headroom)."""
+    keys = [key for key in STAGE_KEYS if isinstance(headroom.get(key), dict)]
+    keys += [key for key in headroom if key not in keys and isinstance(headroom[key], dict)]
+    if not keys:
+        return ""
+    rows = [row for key in keys for row in headroom[key].values() if isinstance(row, dict)]
+    k = next((row.get("k") for row in rows if row.get("k")), "k")
+    lines = [_table_row(["task", "domain", *keys]), _table_row(["---", "---"] + ["---:"] * len(keys))]
+    for name in sorted_tasks((t for key in keys for t in headroom[key]), domains):
+        cells = []
+        for key in keys:
+            row = headroom[key].get(name)
+            cells.append(MISSING if not isinstance(row, dict) else
+                         f"{_fmt(row.get('pass_at_1'), 0)} / {_fmt(row.get('pass_at_k'), 0)} / {_fmt(row.get('signal'), 0)}")
+        lines.append(_table_row([name, domains.get(name, "?"), *cells]))
+    return (f"## Sampling headroom (temperature 1, k = {k})\n\nEach cell: pass@1 / pass@{k} / share of prompts whose "
+            f"{k} answers differ in reward (the groups RL learns from), in %, on the eval split. pass@{k} far above "
+            "pass@1 is what RL can raise; pass@k near 0 is a gap only SFT can fill.\n\n" + "\n".join(lines))
 
 
 def notes_section(notes: list) -> str:

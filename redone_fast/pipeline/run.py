@@ -225,9 +225,16 @@ class Pipeline:
         if key != "base" and self.state["outputs"].get(key, {}).get("skipped"):
             self.note(f"eval:{key} skipped: {key} did not run")
             return {"skipped": True}
+        evaluation = self.cfg.evaluation
         with self.engine(model) as engine:
-            scores = evaluate_samples(engine, self.eval_samples, self.cfg.evaluation, ctx=self.ctx)
+            scores = evaluate_samples(engine, self.eval_samples, evaluation, ctx=self.ctx)
             bench = self._sns_bench(engine) if self.cfg.sns_bench else None
+            if evaluation.headroom_k:
+                from redone_fast.pipeline.headroom import measure_headroom
+                table = measure_headroom(engine, self.eval_samples, k=evaluation.headroom_k,
+                                         max_new_tokens=evaluation.max_new_tokens,
+                                         max_samples_per_task=evaluation.headroom_samples_per_task, ctx=self.ctx)
+                self.state.setdefault("headroom", {})[key] = {task: row.to_json() for task, row in table.items()}
         self.state["scores"][key] = scores.to_json()
         if bench is not None:
             self.state["sns_bench"][key] = bench

@@ -52,6 +52,11 @@ class EvalConfig:
     reward_workers: int = field(default=0, metadata={"help": "reward worker processes (0: score in-process)"})
     reward_timeout_s: float = field(default=10.0, metadata={
         "help": "time limit per reward call in the workers (seconds; ignored in-process)"})
+    headroom_k: int = field(default=0, metadata={
+        "help": "also measure the sampling headroom with K answers per prompt at temperature 1 "
+                "(redone_fast.pipeline.headroom; 0: off)"})
+    headroom_samples_per_task: int = field(default=0, metadata={
+        "help": "headroom on the first N samples of each task (0: all)"})
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINE_KINDS:
@@ -59,7 +64,9 @@ class EvalConfig:
         for name in ("max_new_tokens", "batch_prompts"):
             if getattr(self, name) < 1:
                 raise ValueError(f"EvalConfig.{name}: expected >= 1, got {getattr(self, name)}")
-        for name in ("max_samples_per_task", "reward_workers"):
+        if self.headroom_k == 1:
+            raise ValueError("EvalConfig.headroom_k: expected 0 (off) or >= 2, got 1")
+        for name in ("max_samples_per_task", "reward_workers", "headroom_k", "headroom_samples_per_task"):
             if getattr(self, name) < 0:
                 raise ValueError(f"EvalConfig.{name}: expected >= 0, got {getattr(self, name)}")
         if not self.reward_timeout_s > 0:

@@ -6,10 +6,10 @@
         score each answer with its task's reward, in parallel workers  -> redone_fast.rewards
         add the overlong penalty                                        -> rl/shaping.py
         group-relative advantages + the keep mask                       -> ops.group_advantages
-        drop groups whose rewards are all equal; sample more prompts until the batch is full (bounded)
-        old-policy log-probs of every answer, no grad                   -> ops.linear_logprobs
-        split into `updates_per_rollout` mini-batches; one clipped-objective optimizer step each
-                                                                         -> rl/loss.py via loop.train_step
+        drop groups whose task rewards are all equal; sample more prompts until the batch is full (bounded)
+        old-policy log-probs of every answer, no grad (several updates) -> ops.linear_logprobs
+        split into exactly `updates_per_rollout` mini-batches; one clipped-objective optimizer step each,
+        none where there is no signal                                    -> rl/loss.py via loop.train_step
 
     python -m redone_fast.stages.rl --run-dir runs/rl                 # the bundled tiny default, CPU
     torchrun --nproc_per_node=8 -m redone_fast.stages.rl --preset paper --model /models/Qwen3-4B \\
