@@ -129,7 +129,7 @@ def preset(name: str) -> PipelineConfig:
     settings for GPU nodes (give --model and the data files; rollouts with vLLM)."""
     if name == "tiny":
         return PipelineConfig(
-            evaluation=EvalConfig(max_new_tokens=48, batch_prompts=200, headroom_k=8, headroom_samples_per_task=40),
+            evaluation=EvalConfig(max_new_tokens=48, batch_prompts=200, headroom_k=8, headroom_samples_per_task=20),
             stage1=_tiny_rl(),
             diagnosis=DiagnosisConfig(k=4),
             soft_labels=SoftLabelConfig(k=8),
