@@ -95,7 +95,12 @@ def test_run_folder_and_report(crashed_then_resumed):
     # the resolved config and the stage-3 data: hard SNS prompts only, rationale share raised
     assert json.loads((run_dir / "pipeline_config.json").read_text())["stage3"]["rollout_steps"] == 2
     hard = [json.loads(line) for line in (run_dir / "stage3" / "data" / "sns.jsonl").read_text().splitlines()]
-    assert hard and sum("rationale" in r for r in hard) / len(hard) >= 0.57
+    assert hard
+    by_task = {}
+    for record in hard:
+        by_task.setdefault(record["task"], []).append("rationale" in record)
+    # raised per task; a task whose hard prompts carry no rationale at all stays as it is
+    assert all(sum(flags) / len(flags) >= 0.57 for flags in by_task.values() if any(flags)), by_task
 
 
 def test_completed_run_is_not_run_again(crashed_then_resumed):

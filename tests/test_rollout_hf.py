@@ -166,6 +166,33 @@ def test_greedy_logprobs_are_unscaled(engine, prompts):
         assert torch.allclose(torch.tensor(rollout.logprobs, dtype=torch.float64), expected, atol=LOGPROB_ATOL)
 
 
+# --- the sampler ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.6, 1.0), (1.0, 0.7), (1.4, 0.9)])
+def test_sampler_draws_from_the_tempered_nucleus(temperature, top_p):
+    """The engine's own sampler (it replaces transformers' multinomial): frequencies of 40000 draws from
+    one row of logits match softmax(logits / T) renormalised over the nucleus within 5 standard errors,
+    and the nucleus is the one transformers' top-p warper keeps."""
+    from transformers import TopPLogitsWarper
+
+    from redone_fast.rollout.hf_engine import _InverseCdfSampler
+
+    generator = torch.Generator().manual_seed(7)
+    logits = torch.randn(1, 37, generator=generator) * 2.0
+    draws = 40000
+    sampler = _InverseCdfSampler(temperature, top_p, torch.Generator().manual_seed(1))
+    chosen = sampler(None, logits.expand(draws, -1).clone())
+    assert torch.isinf(chosen).sum(dim=1).eq(36).all() and chosen.max(dim=1).values.eq(0).all()
+    counts = torch.bincount(chosen.argmax(dim=1), minlength=37).double()
+
+    probs = torch.softmax(logits.double()[0] / temperature, dim=-1)
+    kept = torch.isfinite(TopPLogitsWarper(top_p)(None, logits / temperature))[0] if top_p < 1 else probs > 0
+    assert counts[~kept].sum() == 0
+    expected = torch.where(kept, probs, 0.0) / probs[kept].sum()
+    error = (counts / draws - expected).abs()
+    assert (error <= 5 * (expected * (1 - expected) / draws).sqrt() + 1e-12).all(), error.max()
+
+
 # --- seeds and greedy -----------------------------------------------------------------------------
 
 def test_same_seed_same_rollouts_and_global_rng_untouched(engine, prompts):
