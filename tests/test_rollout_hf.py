@@ -193,6 +193,17 @@ def test_sampler_draws_from_the_tempered_nucleus(temperature, top_p):
     assert (error <= 5 * (expected * (1 - expected) / draws).sqrt() + 1e-12).all(), error.max()
 
 
+def test_sampler_never_picks_a_dropped_token_at_the_top_uniform(monkeypatch):
+    """A uniform number just under 1 times the fp32 total can round up to the total (1.0 here stands for
+    that product); the draw must still land on the last token of the nucleus, not on one past it."""
+    from redone_fast.rollout.hf_engine import _InverseCdfSampler
+
+    monkeypatch.setattr(torch, "rand", lambda shape, **kw: torch.ones(shape))
+    logits = torch.tensor([[3.0, 2.9, -5.0, -6.0], [0.0, 0.0, 0.0, -40.0]])
+    chosen = _InverseCdfSampler(1.0, 0.5, None)(None, logits.clone()).argmax(dim=1)
+    assert chosen.tolist() == [0, 1]  # nucleus {0} (top-p 0.5), and {0, 1} (0.333 + 0.333 >= 0.5)
+
+
 # --- seeds and greedy -----------------------------------------------------------------------------
 
 def test_same_seed_same_rollouts_and_global_rng_untouched(engine, prompts):

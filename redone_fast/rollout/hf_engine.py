@@ -87,7 +87,9 @@ class _InverseCdfSampler(LogitsProcessor):
 
     Nucleus as transformers' top-p warper: a token is dropped when the probability of the tokens ranked
     above it already reaches top_p (the most likely token always stays). The draw is inverse-CDF: the first
-    token whose cumulative probability (float64) exceeds a uniform number in [0, total).
+    token whose cumulative probability exceeds a uniform number in [0, total). The sum is fp32 (a float64
+    one would hold rows x 151936 x 8 bytes, 1.2 GB for 1024 rows, on a GPU fallback): its rounding moves
+    each token's interval by about 1e-7 of the total, far below any sampling noise.
     """
 
     def __init__(self, temperature: float, top_p: float, generator: torch.Generator | None):
@@ -99,9 +101,12 @@ class _InverseCdfSampler(LogitsProcessor):
             ranked, order = probs.sort(dim=-1, descending=True)
             above = ranked.cumsum(dim=-1) - ranked
             probs = torch.zeros_like(probs).scatter_(1, order, ranked.masked_fill(above >= self.top_p, 0.0))
-        cdf = probs.double().cumsum(dim=-1)
-        uniform = torch.rand((probs.shape[0], 1), generator=self.generator, dtype=torch.float64, device=probs.device)
-        tokens = torch.searchsorted(cdf, uniform * cdf[:, -1:], right=True).clamp_(max=probs.shape[1] - 1)
+        cdf = probs.cumsum(dim=-1)
+        uniform = torch.rand((probs.shape[0], 1), generator=self.generator, device=probs.device)
+        total = cdf[:, -1:]
+        # below the total even after rounding, so the chosen token is never one the nucleus dropped
+        point = torch.minimum(uniform * total, torch.nextafter(total, torch.zeros_like(total)))
+        tokens = torch.searchsorted(cdf, point, right=True)
         return torch.full_like(scores, float("-inf")).scatter_(1, tokens, 0.0)
 
 
