@@ -15,6 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
+from redone_fast.kernels.launch import device_guard
+
 
 def working_bytes_per_logit(dtype: torch.dtype) -> int:
     # The kernels keep nothing of the chunk's shape besides the logits themselves (written in place).
@@ -172,13 +174,14 @@ def row_stats(logits, target, *, inv_temperature=1.0, softcap=0.0, need_sum=Fals
     entropy = torch.empty_like(lse) if need_entropy else None
     if rows:
         block, warps = _launch_config(vocab)
-        _row_stats_kernel[(rows,)](
-            logits, logits.stride(0), target,
-            lse, target_logit, sums if need_sum else lse, entropy if need_entropy else lse,
-            vocab, float(inv_temperature), float(softcap),
-            HAS_SOFTCAP=softcap > 0.0, NEED_SUM=need_sum, NEED_ENTROPY=need_entropy,
-            BLOCK_V=block, num_warps=warps,
-        )
+        with device_guard(logits.device):
+            _row_stats_kernel[(rows,)](
+                logits, logits.stride(0), target,
+                lse, target_logit, sums if need_sum else lse, entropy if need_entropy else lse,
+                vocab, float(inv_temperature), float(softcap),
+                HAS_SOFTCAP=softcap > 0.0, NEED_SUM=need_sum, NEED_ENTROPY=need_entropy,
+                BLOCK_V=block, num_warps=warps,
+            )
     return lse, target_logit, sums, entropy
 
 
@@ -189,11 +192,12 @@ def ce_grad_(logits, target, lse, row_scale, *, label_smoothing=0.0, z_loss=0.0,
     rows, vocab = logits.shape
     if rows:
         block, warps = _launch_config(vocab)
-        _ce_grad_kernel[(rows,)](
-            logits, logits.stride(0), target, lse, row_scale.float().contiguous(),
-            vocab, float(label_smoothing), float(z_loss), float(softcap),
-            HAS_SOFTCAP=softcap > 0.0, BLOCK_V=block, num_warps=warps,
-        )
+        with device_guard(logits.device):
+            _ce_grad_kernel[(rows,)](
+                logits, logits.stride(0), target, lse, row_scale.float().contiguous(),
+                vocab, float(label_smoothing), float(z_loss), float(softcap),
+                HAS_SOFTCAP=softcap > 0.0, BLOCK_V=block, num_warps=warps,
+            )
 
 
 def logprob_grad_(logits, target, lse, entropy, grad_logp, grad_entropy, *, inv_temperature=1.0):
@@ -202,12 +206,13 @@ def logprob_grad_(logits, target, lse, entropy, grad_logp, grad_entropy, *, inv_
     rows, vocab = logits.shape
     if rows:
         block, warps = _launch_config(vocab)
-        _logprob_grad_kernel[(rows,)](
-            logits, logits.stride(0), target, lse,
-            entropy if entropy is not None else lse,
-            grad_logp.float().contiguous() if grad_logp is not None else lse,
-            grad_entropy.float().contiguous() if grad_entropy is not None else lse,
-            vocab, float(inv_temperature),
-            HAS_GRAD_LOGP=grad_logp is not None, HAS_GRAD_ENTROPY=grad_entropy is not None,
-            BLOCK_V=block, num_warps=warps,
-        )
+        with device_guard(logits.device):
+            _logprob_grad_kernel[(rows,)](
+                logits, logits.stride(0), target, lse,
+                entropy if entropy is not None else lse,
+                grad_logp.float().contiguous() if grad_logp is not None else lse,
+                grad_entropy.float().contiguous() if grad_entropy is not None else lse,
+                vocab, float(inv_temperature),
+                HAS_GRAD_LOGP=grad_logp is not None, HAS_GRAD_ENTROPY=grad_entropy is not None,
+                BLOCK_V=block, num_warps=warps,
+            )
