@@ -2,7 +2,7 @@
 
 Pins: n rollouts per prompt in prompt order; finished/truncated flags against the stop token and
 max_new_tokens; no padding in responses; log-probs equal to a teacher-forced recomputation under
-log_softmax(logits / T) (before top-p) to 1e-5; seeds reproduce rollouts without touching the global RNG;
+log_softmax(logits / T) (before top-p) to 1e-5 (the reference in float64); seeds reproduce rollouts without touching the global RNG;
 near-zero temperature equals greedy decoding; load_weights from an FSDP2-sharded trainer model.
 """
 import math
@@ -53,6 +53,16 @@ def check_invariants(groups, prompts, sampling, stops, vocab_size):
             assert not any(t in stops for t in ids[:-1])
             if rollout.truncated:
                 assert len(ids) == sampling.max_new_tokens
+
+
+@pytest.fixture(scope="module")
+def model64(engine):
+    """The engine's model in float64: the teacher-forced reference. An fp32 recomputation is itself off by
+    up to 1.3e-5 on some CPUs (unpadded full forward vs the engine's padded, cached decode), more than the
+    engine is (5.8e-6 against float64), so it cannot referee a 1e-5 tolerance."""
+    import copy
+
+    return copy.deepcopy(engine.model).double()
 
 
 def teacher_forced_logprobs(model, rollout, temperature):
@@ -146,23 +156,23 @@ def test_stop_token_ids_end_responses(engine, prompts):
 # --- log-probs ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.7, 1.0), (1.0, 0.8), (0.7, 0.9), (1.3, 1.0)])
-def test_logprobs_match_teacher_forcing(engine, prompts, temperature, top_p):
+def test_logprobs_match_teacher_forcing(engine, model64, prompts, temperature, top_p):
     sampling = SamplingParams(n=4, temperature=temperature, top_p=top_p, max_new_tokens=24, seed=3)
     groups = engine.generate(prompts, sampling)
     worst = 0.0
     for group in groups:
         for rollout in group:
-            expected = teacher_forced_logprobs(engine.model, rollout, temperature)
+            expected = teacher_forced_logprobs(model64, rollout, temperature)
             got = torch.tensor(rollout.logprobs, dtype=torch.float64)
             worst = max(worst, (got - expected).abs().max().item())
     assert worst <= LOGPROB_ATOL, f"max |engine - teacher forced| = {worst:.3g}"
 
 
-def test_greedy_logprobs_are_unscaled(engine, prompts):
+def test_greedy_logprobs_are_unscaled(engine, model64, prompts):
     groups = engine.generate(prompts, SamplingParams(n=1, temperature=0, max_new_tokens=16))
     for group in groups:
         rollout = group[0]
-        expected = teacher_forced_logprobs(engine.model, rollout, 1.0)
+        expected = teacher_forced_logprobs(model64, rollout, 1.0)
         assert torch.allclose(torch.tensor(rollout.logprobs, dtype=torch.float64), expected, atol=LOGPROB_ATOL)
 
 
