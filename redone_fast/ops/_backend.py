@@ -17,7 +17,7 @@ import os
 import torch
 
 from redone_fast._ext import has_cuda_kernels, has_extension
-from redone_fast.ops._chunking import plan_chunk_rows
+from redone_fast.ops._chunking import fp32_output_gemms, plan_chunk_rows
 
 BACKENDS = ("triton", "cuda", "cpp", "torch", "ref")
 BACKEND_ENV = "REDONE_FAST_BACKEND"
@@ -84,6 +84,11 @@ def row_ops(backend: str):
 
 
 def chunk_rows(backend: str, hidden: torch.Tensor, weight: torch.Tensor, chunk_bytes: int) -> int:
-    """Tokens per logits chunk for this backend's working set (see _chunking.plan_chunk_rows)."""
-    per_logit = row_ops(backend).working_bytes_per_logit(hidden.dtype)
+    """Tokens per logits chunk for this backend's working set (see _chunking.plan_chunk_rows).
+
+    The chunk is fp32 whatever the input dtype (_chunking.LMHead); where the backward GEMMs take it
+    rounded to a low-precision input dtype, that copy is counted too."""
+    per_logit = row_ops(backend).working_bytes_per_logit(torch.float32)
+    if hidden.dtype != torch.float32 and fp32_output_gemms(hidden.device, hidden.dtype):
+        per_logit += hidden.element_size()
     return plan_chunk_rows(hidden.shape[0], weight.shape[0], per_logit, chunk_bytes)

@@ -1,12 +1,13 @@
 """The chunked LM head shared by both ops: the [T, V] logits never exist whole.
 
 Tokens are cut into chunks sized from a byte budget. Per chunk the two GEMMs run on the BLAS
-(torch.matmul: cuBLAS on GPU) and a row kernel turns the logits chunk into statistics and, in place,
-into the gradient of the logits. Gradients are then `dlogits @ W` (rows of grad_hidden, exact per
+(torch.mm: cuBLAS on GPU) into an fp32 logits chunk whatever the input dtype (`LMHead`), and a row kernel
+turns it into statistics and, in place, into the gradient of the logits. Gradients are then `dlogits @ W` (rows of grad_hidden, exact per
 chunk) and `dlogits^T @ h` (summed over chunks into an fp32 accumulator, DESIGN section 3).
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 
 import torch
@@ -29,50 +30,112 @@ def plan_chunk_rows(num_rows: int, vocab: int, bytes_per_logit: int, budget_byte
     return max(1, min(rows, num_rows))
 
 
-def logit_chunks(hidden: torch.Tensor, weight: torch.Tensor, chunk_rows: int) -> Iterator[tuple[int, int, torch.Tensor]]:
-    """Yield (start, end, logits [end - start, V]) in the input dtype (the BLAS accumulates in fp32).
+@functools.lru_cache(maxsize=None)
+def fp32_output_gemms(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether torch multiplies `dtype` matrices into an fp32 result directly on `device`
+    (`torch.mm(..., out_dtype=torch.float32)` and `torch.addmm(..., out_dtype=...)`, cuBLAS on CUDA, torch
+    >= 2.8). Probed once per device and dtype on a tiny product whose exact result is known; CPU builds have
+    no such kernel (`aten::mm.dtype` is CUDA-only), and neither may an older or another build."""
+    if device.type != "cuda":
+        return False
+    try:
+        a = torch.tensor([[1.0, 2.0], [3.0, 4.0]], device=device).to(dtype)
+        acc = torch.ones(2, 2, device=device)
+        logits = torch.mm(a, a.t(), out_dtype=torch.float32)
+        torch.addmm(acc, a.t(), a, out_dtype=torch.float32, out=acc)
+    except (RuntimeError, TypeError, NotImplementedError):
+        return False
+    expected = torch.tensor([[5.0, 11.0], [11.0, 25.0]], device=device)
+    return logits.dtype == acc.dtype == torch.float32 and bool(torch.equal(logits, expected)) and bool(
+        torch.equal(acc, torch.tensor([[11.0, 15.0], [15.0, 21.0]], device=device)))
+
+
+class LMHead:
+    """hidden [T, H] and weight [V, H] as the chunked GEMMs see them: every logits chunk is fp32, and every
+    weight-gradient product lands in an fp32 accumulator, whatever the input dtype.
+
+    A bf16 logits chunk would round each logit to 8 bits of mantissa before the row kernels upcast it:
+    log-prob errors of 5e-4 and entropy errors of 2e-2 at V = 4099, as eager bf16 (issue 15). The BLAS
+    accumulates in fp32 anyway, so keeping its fp32 result costs no precision work, only bytes (4 per
+    logit instead of 2; the chunk planner counts them). Low-precision inputs take one of two routes:
+
+    * CUDA (`fp32_output_gemms`): the bf16/fp16 GEMMs write fp32 (`out_dtype`). Backward GEMMs take
+      dlogits rounded once to the input dtype, as Liger-Kernel and every bf16 trainer feed cuBLAS; the
+      weight-gradient product goes straight into the fp32 accumulator (no bf16 scratch round trip).
+    * otherwise (CPU): the GEMMs run in fp32 on upcast operands. bf16 -> fp32 is exact, so this is the
+      same product; it keeps one fp32 copy of the weight (4 V H bytes) for the op's lifetime.
+    """
+
+    def __init__(self, hidden: torch.Tensor, weight: torch.Tensor):
+        self.hidden, self.weight = hidden, weight
+        self.low_precision = hidden.dtype != torch.float32
+        self.native = self.low_precision and fp32_output_gemms(hidden.device, hidden.dtype)
+        self._weight32 = weight.float() if self.low_precision and not self.native else None
+
+    def logits(self, start: int, end: int) -> torch.Tensor:
+        """fp32 logits [end - start, V] of tokens start..end."""
+        rows = self.hidden[start:end]
+        if not self.low_precision:
+            return torch.mm(rows, self.weight.t())
+        if self.native:
+            return torch.mm(rows, self.weight.t(), out_dtype=torch.float32)
+        return torch.mm(rows.float(), self._weight32.t())
+
+    def gemm_operand(self, dlogits: torch.Tensor) -> torch.Tensor:
+        """dlogits (fp32) as the backward GEMMs take it: the input dtype on the native route."""
+        return dlogits.to(self.hidden.dtype) if self.native else dlogits
+
+    def grad_hidden_rows(self, dlogits: torch.Tensor, out: torch.Tensor) -> None:
+        """out [n, H] (the input dtype) = dlogits @ weight, rounded to the input dtype once."""
+        if not self.low_precision or self.native:
+            torch.mm(dlogits, self.weight, out=out)
+        else:
+            out.copy_(torch.mm(dlogits, self._weight32))
+
+    def add_grad_weight(self, acc: torch.Tensor, start: int, end: int, dlogits: torch.Tensor) -> None:
+        """acc [V, H] fp32 += dlogits^T @ hidden[start:end], the product formed in fp32."""
+        rows = self.hidden[start:end]
+        if self.native:
+            torch.addmm(acc, dlogits.t(), rows, out_dtype=torch.float32, out=acc)
+        else:
+            acc.addmm_(dlogits.t(), rows.float() if self.low_precision else rows)
+
+
+def logit_chunks(head: LMHead, chunk_rows: int) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """Yield (start, end, fp32 logits [end - start, V]).
 
     Callers `del` the chunk at the end of their loop body: the loop variable would otherwise keep it
     alive while the next one is computed, doubling the peak."""
-    for start in range(0, hidden.shape[0], chunk_rows):
-        end = min(start + chunk_rows, hidden.shape[0])
-        yield start, end, torch.mm(hidden[start:end], weight.t())
+    for start in range(0, head.hidden.shape[0], chunk_rows):
+        end = min(start + chunk_rows, head.hidden.shape[0])
+        yield start, end, head.logits(start, end)
 
 
 class HeadGradients:
-    """Accumulates grad_hidden [T, H] and grad_weight [V, H] from per-chunk dlogits.
+    """Accumulates grad_hidden [T, H] (input dtype) and grad_weight [V, H] from per-chunk fp32 dlogits.
 
-    The weight gradient sums over every chunk, so it accumulates in fp32 whatever the input dtype;
-    a low-precision chunk product goes through one reused scratch buffer (no allocation per chunk).
-    """
+    The weight gradient sums over every chunk, so it accumulates in fp32 whatever the input dtype and is
+    rounded to the input dtype once, at the end."""
 
-    def __init__(self, hidden: torch.Tensor, weight: torch.Tensor, need_hidden: bool, need_weight: bool):
-        self.hidden, self.weight = hidden, weight
-        self.grad_hidden = torch.empty_like(hidden) if need_hidden else None
+    def __init__(self, head: LMHead, need_hidden: bool, need_weight: bool):
+        self.head = head
+        self.grad_hidden = torch.empty_like(head.hidden) if need_hidden else None
         self._acc = None
-        self._scratch = None
         if need_weight:
-            self._acc = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
-            if weight.dtype != torch.float32:
-                self._scratch = torch.empty_like(weight)
+            self._acc = torch.zeros(head.weight.shape, dtype=torch.float32, device=head.weight.device)
 
     def add_chunk(self, start: int, end: int, dlogits: torch.Tensor) -> None:
-        """dlogits: [end - start, V], the gradient of the loss w.r.t. this chunk's logits."""
+        """dlogits: [end - start, V] fp32, the gradient of the loss w.r.t. this chunk's logits."""
+        operand = self.head.gemm_operand(dlogits)
         if self.grad_hidden is not None:
-            torch.mm(dlogits, self.weight, out=self.grad_hidden[start:end])
+            self.head.grad_hidden_rows(operand, self.grad_hidden[start:end])
         if self._acc is not None:
-            chunk_hidden = self.hidden[start:end]
-            if self._scratch is None:
-                self._acc.addmm_(dlogits.t(), chunk_hidden)
-            else:
-                torch.mm(dlogits.t(), chunk_hidden, out=self._scratch)
-                self._acc.add_(self._scratch)
+            self.head.add_grad_weight(self._acc, start, end, operand)
 
     def result(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        self._scratch = None  # freed before the cast below, which allocates the [V, H] result
         grad_weight, self._acc = self._acc, None
-        if grad_weight is not None and self.weight.dtype != torch.float32:
-            grad_weight = grad_weight.to(self.weight.dtype)
+        if grad_weight is not None and self.head.weight.dtype != torch.float32:
+            grad_weight = grad_weight.to(self.head.weight.dtype)
         return self.grad_hidden, grad_weight
 
 
@@ -86,8 +149,9 @@ def backward_through_head(
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Recompute each logits chunk, let `logits_to_grad_(start, end, logits)` overwrite it with
     dlogits (applying the per-token upstream gradients), and accumulate both input gradients."""
-    grads = HeadGradients(hidden, weight, need_hidden, need_weight)
-    for start, end, logits in logit_chunks(hidden, weight, chunk_rows):
+    head = LMHead(hidden, weight)
+    grads = HeadGradients(head, need_hidden, need_weight)
+    for start, end, logits in logit_chunks(head, chunk_rows):
         logits_to_grad_(start, end, logits)
         grads.add_chunk(start, end, logits)
         del logits  # one chunk alive at a time

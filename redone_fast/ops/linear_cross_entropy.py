@@ -22,7 +22,7 @@ from torch import Tensor
 
 from redone_fast.ops._backend import chunk_rows, resolve_backend, resolve_chunk_bytes, row_ops
 from redone_fast.ops._checks import check_lm_head_args, check_target_range
-from redone_fast.ops._chunking import HeadGradients, backward_through_head, logit_chunks, or_empty
+from redone_fast.ops._chunking import HeadGradients, LMHead, backward_through_head, logit_chunks, or_empty
 
 REDUCTIONS = ("none", "sum", "mean")
 
@@ -91,9 +91,10 @@ def _reduced_op(
     n_valid = valid.sum()
     # Gradient of the reduced loss w.r.t. each token's loss: 1 (sum) or 1 / n_valid (mean); 0 if ignored.
     row_scale = valid.float() / n_valid.clamp(min=1) if mean else valid.float()
-    grads = HeadGradients(hidden, weight, grad_hidden, grad_weight)
+    head = LMHead(hidden, weight)
+    grads = HeadGradients(head, grad_hidden, grad_weight)
     total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-    for start, end, logits in logit_chunks(hidden, weight, chunk_rows(backend, hidden, weight, chunk_bytes)):
+    for start, end, logits in logit_chunks(head, chunk_rows(backend, hidden, weight, chunk_bytes)):
         chunk_target = target[start:end]
         loss, lse = _token_losses(rows, logits, chunk_target, valid[start:end], vocab, label_smoothing, z_loss, softcap)
         total += loss.sum()
@@ -153,7 +154,8 @@ def _tokens_op(
     valid = target != ignore_index
     losses = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
     lses = torch.empty_like(losses)
-    for start, end, logits in logit_chunks(hidden, weight, chunk_rows(backend, hidden, weight, chunk_bytes)):
+    head = LMHead(hidden, weight)
+    for start, end, logits in logit_chunks(head, chunk_rows(backend, hidden, weight, chunk_bytes)):
         losses[start:end], lses[start:end] = _token_losses(
             rows, logits, target[start:end], valid[start:end], vocab, label_smoothing, z_loss, softcap
         )

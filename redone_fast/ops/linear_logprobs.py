@@ -16,7 +16,7 @@ from torch import Tensor
 
 from redone_fast.ops._backend import chunk_rows, resolve_backend, resolve_chunk_bytes, row_ops
 from redone_fast.ops._checks import check_lm_head_args, check_target_range
-from redone_fast.ops._chunking import backward_through_head, logit_chunks, or_empty
+from redone_fast.ops._chunking import LMHead, backward_through_head, logit_chunks, or_empty
 
 
 def linear_logprobs_ref(
@@ -46,7 +46,8 @@ def _logprobs_op(
     logp = torch.empty(num_tokens, dtype=torch.float32, device=hidden.device)
     lses = torch.empty_like(logp)
     entropy = torch.empty_like(logp) if with_entropy else logp.new_empty(0)
-    for start, end, logits in logit_chunks(hidden, weight, chunk_rows(backend, hidden, weight, chunk_bytes)):
+    head = LMHead(hidden, weight)
+    for start, end, logits in logit_chunks(head, chunk_rows(backend, hidden, weight, chunk_bytes)):
         lse, target_logit, _, chunk_entropy = rows.row_stats(
             logits, target[start:end], inv_temperature=1.0 / temperature, need_entropy=with_entropy
         )
