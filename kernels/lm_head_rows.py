@@ -1,8 +1,12 @@
 """Triton row kernels for the fused LM-head ops (installed as `redone_fast.kernels.lm_head_rows`).
 
 One program per row of a logits chunk [n, V]; it walks the vocabulary in blocks of BLOCK_V with an
-online softmax (running max, rescaled sum), so a row is read once for its statistics and once more
-when its gradient is written in place. All arithmetic is fp32: every load is cast right away, which
+online softmax kept per lane (each lane's running max and rescaled sum, one exp per element, reduced
+across lanes once per row rather than once per block), so a row is read once for its statistics and
+once more when its gradient is written in place. Whole blocks are loaded unmasked and the remainder in
+one masked tail block, so the loads vectorise whatever V is, provided the row stride is a multiple of 16
+elements: the ops pad the chunk's rows to one (`ROW_ALIGN`), the model's vocabulary stays as it is.
+The target's logit is one scalar load. All arithmetic is fp32: every load is cast right away, which
 also keeps the kernels correct under TRITON_INTERPRET=1, where uncast bf16 arithmetic is wrong.
 
 Transformed logits (same as redone_fast/ops/_torch_rows.py, the torch twin of this file):
@@ -18,15 +22,20 @@ import triton.language as tl
 from redone_fast.kernels.launch import device_guard
 
 
+ROW_ALIGN = 16  # elements: a row stride the compiler can prove 16-divisible gives 16-byte vector loads
+
+
 def working_bytes_per_logit(dtype: torch.dtype) -> int:
     # The kernels keep nothing of the chunk's shape besides the logits themselves (written in place).
     return torch.empty((), dtype=dtype).element_size()
 
 
-# Vocabulary block and warps per row program. Initial choice, not yet measured on a GPU: a block
-# of 4096 fp32 values is 16 KB of registers across 8 warps (16 values per thread). Under the
-# interpreter the block is one numpy operation, so larger blocks only make tests faster.
-_BLOCKS = ((1024, 1024, 4), (8192, 2048, 8), (None, 4096, 8))  # (max V, BLOCK_V, num_warps)
+# Vocabulary block and warps per row program: 2 to 8 values per thread and lane state (max, sum,
+# shift, total) of the same shape. Chosen by the compile report (python -m redone_fast.kernels.aot_check),
+# not yet timed on a GPU: with 8 warps, the 4096 block spilled on sm_80 (ce_grad bf16 with softcap) and so
+# did the 2048 block (row_stats fp32 on unpadded rows); with 16 warps neither spills in any variant. Under
+# the interpreter a block is one numpy operation, so larger blocks only make tests faster.
+_BLOCKS = ((1024, 1024, 4), (8192, 2048, 16), (None, 4096, 16))  # (max V, BLOCK_V, num_warps)
 
 
 def _launch_config(vocab: int) -> tuple[int, int]:
@@ -52,11 +61,28 @@ def _tanh(x):
 
 
 @triton.jit
-def _load_transformed(row_ptr, cols, mask, inv_temperature, softcap, HAS_SOFTCAP: tl.constexpr):
-    z = tl.load(row_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+def _transform(z, inv_temperature, softcap, HAS_SOFTCAP: tl.constexpr):
+    z = z.to(tl.float32)
     if HAS_SOFTCAP:
         z = softcap * _tanh(z / softcap)
     return z * inv_temperature
+
+
+@triton.jit
+def _online_update(s, lane_max, lane_sum, lane_shift, NEED_ENTROPY: tl.constexpr):
+    """One element per lane into the lane's online softmax: lane_sum = sum exp(s - lane_max) and
+    lane_shift = sum exp(s - lane_max) * (s - lane_max). One exp per element, no cross-lane work:
+    e = exp(-|s - m|) is the new element's weight when s <= m, and the old sum's rescale when s > m."""
+    bigger = s > lane_max
+    diff = s - lane_max  # +inf while the lane is empty (lane_max = -inf): then e = 0
+    e = tl.exp(-tl.abs(diff))
+    if NEED_ENTROPY:
+        # s > m: the old shift rebased to the new max s, e * (shift + (m - s) * sum); else add e * (s - m).
+        # The selects keep an empty lane's -inf out of every product (no 0 * inf = NaN, even unselected).
+        finite_diff = tl.where(lane_sum > 0.0, diff, 0.0)
+        lane_shift = tl.where(bigger, e * (lane_shift - finite_diff * lane_sum), lane_shift + e * finite_diff)
+    lane_sum = tl.where(bigger, lane_sum * e + 1.0, lane_sum + e)
+    return tl.maximum(lane_max, s), lane_sum, lane_shift
 
 
 @triton.jit
@@ -68,41 +94,69 @@ def _row_stats_kernel(
 ):
     row = tl.program_id(0).to(tl.int64)
     row_ptr = logits_ptr + row * stride_row
-    target = tl.load(target_ptr + row)
     offsets = tl.arange(0, BLOCK_V)
 
-    running_max = float("-inf")
-    denom = 0.0  # sum of exp(s - running_max)
-    shifted = 0.0  # sum of exp(s - running_max) * (s - running_max), for the entropy
-    total = 0.0
-    target_logit = 0.0
-    for start in range(0, vocab, BLOCK_V):
-        cols = start + offsets
-        mask = cols < vocab
-        s = _load_transformed(row_ptr, cols, mask, inv_temperature, softcap, HAS_SOFTCAP)
-        s_or_zero = tl.where(mask, s, 0.0)
-        new_max = tl.maximum(running_max, tl.max(tl.where(mask, s, float("-inf")), axis=0))
-        rescale = tl.exp(running_max - new_max)
-        e = tl.where(mask, tl.exp(s - new_max), 0.0)
-        if NEED_ENTROPY:
-            # sum e * (s - m) rebased from the old max to the new one: e_old * (s - m_new) = e_old * (s - m_old) + e_old * (m_old - m_new)
-            # (before the first block denom is 0 and running_max -inf: use 0, not -inf * 0 = NaN)
-            max_drop = tl.where(denom > 0.0, running_max - new_max, 0.0)
-            shifted = rescale * (shifted + max_drop * denom) + tl.sum(e * (s_or_zero - new_max), axis=0)
-        denom = denom * rescale + tl.sum(e, axis=0)
+    # Per-lane state, reduced across lanes once after the loop (not once per block).
+    lane_max = tl.full([BLOCK_V], float("-inf"), tl.float32)
+    lane_sum = tl.zeros([BLOCK_V], tl.float32)
+    lane_shift = tl.zeros([BLOCK_V], tl.float32)
+    lane_total = tl.zeros([BLOCK_V], tl.float32)
+    # Whole blocks unmasked, so their loads vectorise whatever V is; then one masked tail block.
+    full_end = (vocab // BLOCK_V) * BLOCK_V
+    for start in range(0, full_end, BLOCK_V):
+        s = _transform(tl.load(row_ptr + start + offsets), inv_temperature, softcap, HAS_SOFTCAP)
+        lane_max, lane_sum, lane_shift = _online_update(s, lane_max, lane_sum, lane_shift, NEED_ENTROPY)
         if NEED_SUM:
-            total += tl.sum(s_or_zero, axis=0)
-        target_logit += tl.sum(tl.where(cols == target, s_or_zero, 0.0), axis=0)
-        running_max = new_max
+            lane_total += s
+    if full_end < vocab:
+        cols = full_end + offsets
+        mask = cols < vocab
+        s = _transform(tl.load(row_ptr + cols, mask=mask, other=0.0), inv_temperature, softcap, HAS_SOFTCAP)
+        new_max, new_sum, new_shift = _online_update(s, lane_max, lane_sum, lane_shift, NEED_ENTROPY)
+        lane_max = tl.where(mask, new_max, lane_max)
+        lane_sum = tl.where(mask, new_sum, lane_sum)
+        lane_shift = tl.where(mask, new_shift, lane_shift)
+        if NEED_SUM:
+            lane_total += tl.where(mask, s, 0.0)
 
-    lse = running_max + tl.log(denom)
+    row_max = tl.max(lane_max, axis=0)
+    weight = tl.exp(lane_max - row_max)  # 0 for lanes that saw nothing
+    denom = tl.sum(lane_sum * weight, axis=0)
+    lse = row_max + tl.log(denom)
     tl.store(lse_ptr + row, lse)
-    tl.store(target_logit_ptr + row, target_logit)
+    # The target's logit: one scalar load, 0 for a target outside [0, V) (an ignored row).
+    target = tl.load(target_ptr + row)
+    in_vocab = (target >= 0) & (target < vocab)
+    target_logit = _transform(tl.load(row_ptr + target, mask=in_vocab, other=0.0), inv_temperature, softcap,
+                              HAS_SOFTCAP)
+    tl.store(target_logit_ptr + row, tl.where(in_vocab, target_logit, 0.0))
     if NEED_SUM:
-        tl.store(sum_ptr + row, total)
+        tl.store(sum_ptr + row, tl.sum(lane_total, axis=0))
     if NEED_ENTROPY:
-        # H = lse - E[s] = log(denom) - shifted / denom, both relative to the max: no cancellation of large logits
-        tl.store(entropy_ptr + row, tl.log(denom) - shifted / denom)
+        # sum e * (s - row_max) = sum_lanes weight * (shift + (lane_max - row_max) * lane_sum); then
+        # H = lse - E[s] = log(denom) - shifted / denom, relative to the max: no cancellation of large logits
+        drop = tl.where(lane_sum > 0.0, lane_max - row_max, 0.0)  # an empty lane: weight 0, no -inf
+        rebased = weight * (lane_shift + drop * lane_sum)
+        tl.store(entropy_ptr + row, tl.log(denom) - tl.sum(rebased, axis=0) / denom)
+
+
+@triton.jit
+def _ce_grad_block(row_ptr, cols, mask, target, lse, scale, prob_coef, vocab, label_smoothing, softcap,
+                   HAS_SOFTCAP: tl.constexpr, MASKED: tl.constexpr):
+    if MASKED:
+        s = _transform(tl.load(row_ptr + cols, mask=mask, other=0.0), 1.0, softcap, HAS_SOFTCAP)
+    else:
+        s = _transform(tl.load(row_ptr + cols), 1.0, softcap, HAS_SOFTCAP)
+    grad = tl.exp(s - lse) * prob_coef - label_smoothing / vocab
+    grad = tl.where(cols == target, grad - (1.0 - label_smoothing), grad)
+    if HAS_SOFTCAP:
+        capped = s / softcap
+        grad = grad * (1.0 - capped * capped)
+    grad = (grad * scale).to(row_ptr.dtype.element_ty)
+    if MASKED:
+        tl.store(row_ptr + cols, grad, mask=mask)
+    else:
+        tl.store(row_ptr + cols, grad)
 
 
 @triton.jit
@@ -118,16 +172,31 @@ def _ce_grad_kernel(
     scale = tl.load(scale_ptr + row)
     prob_coef = 1.0 + 2.0 * z_loss * lse  # z-loss: d(z * lse^2)/ds = 2 z lse p
     offsets = tl.arange(0, BLOCK_V)
-    for start in range(0, vocab, BLOCK_V):
-        cols = start + offsets
-        mask = cols < vocab
-        s = _load_transformed(row_ptr, cols, mask, 1.0, softcap, HAS_SOFTCAP)
-        grad = tl.exp(s - lse) * prob_coef - label_smoothing / vocab
-        grad = tl.where(cols == target, grad - (1.0 - label_smoothing), grad)
-        if HAS_SOFTCAP:
-            capped = s / softcap
-            grad = grad * (1.0 - capped * capped)
-        tl.store(row_ptr + cols, (grad * scale).to(logits_ptr.dtype.element_ty), mask=mask)
+    full_end = (vocab // BLOCK_V) * BLOCK_V  # whole blocks unmasked (vectorised), then a masked tail
+    for start in range(0, full_end, BLOCK_V):
+        _ce_grad_block(row_ptr, start + offsets, None, target, lse, scale, prob_coef, vocab, label_smoothing,
+                       softcap, HAS_SOFTCAP, False)
+    if full_end < vocab:
+        cols = full_end + offsets
+        _ce_grad_block(row_ptr, cols, cols < vocab, target, lse, scale, prob_coef, vocab, label_smoothing,
+                       softcap, HAS_SOFTCAP, True)
+
+
+@triton.jit
+def _logprob_grad_block(row_ptr, cols, mask, target, lse, g_logp, g_entropy, expected, inv_temperature,
+                        MASKED: tl.constexpr):
+    if MASKED:
+        s = _transform(tl.load(row_ptr + cols, mask=mask, other=0.0), inv_temperature, 0.0, False)
+    else:
+        s = _transform(tl.load(row_ptr + cols), inv_temperature, 0.0, False)
+    p = tl.exp(s - lse)
+    # d logp_t/ds = [j == t] - p;  dH/ds = -p (s - E_p[s])
+    grad = tl.where(cols == target, g_logp, 0.0) - g_logp * p - g_entropy * p * (s - expected)
+    grad = (grad * inv_temperature).to(row_ptr.dtype.element_ty)
+    if MASKED:
+        tl.store(row_ptr + cols, grad, mask=mask)
+    else:
+        tl.store(row_ptr + cols, grad)
 
 
 @triton.jit
@@ -149,14 +218,14 @@ def _logprob_grad_kernel(
         g_entropy = tl.load(grad_entropy_ptr + row)
         expected = lse - tl.load(entropy_ptr + row)  # E_p[s]
     offsets = tl.arange(0, BLOCK_V)
-    for start in range(0, vocab, BLOCK_V):
-        cols = start + offsets
-        mask = cols < vocab
-        s = _load_transformed(row_ptr, cols, mask, inv_temperature, 0.0, False)
-        p = tl.exp(s - lse)
-        # d logp_t/ds = [j == t] - p;  dH/ds = -p (s - E_p[s])
-        grad = tl.where(cols == target, g_logp, 0.0) - g_logp * p - g_entropy * p * (s - expected)
-        tl.store(row_ptr + cols, (grad * inv_temperature).to(logits_ptr.dtype.element_ty), mask=mask)
+    full_end = (vocab // BLOCK_V) * BLOCK_V  # whole blocks unmasked (vectorised), then a masked tail
+    for start in range(0, full_end, BLOCK_V):
+        _logprob_grad_block(row_ptr, start + offsets, None, target, lse, g_logp, g_entropy, expected,
+                            inv_temperature, False)
+    if full_end < vocab:
+        cols = full_end + offsets
+        _logprob_grad_block(row_ptr, cols, cols < vocab, target, lse, g_logp, g_entropy, expected,
+                            inv_temperature, True)
 
 
 def _check_chunk(logits: torch.Tensor) -> None:

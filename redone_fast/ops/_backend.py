@@ -83,6 +83,16 @@ def row_ops(backend: str):
     raise ValueError(f"backend {backend!r} has no row kernels")
 
 
+def chunk_row_align(backend: str) -> int:
+    """Elements each logits-chunk row is padded to (_chunking.LMHead): the Triton row kernels need a
+    16-divisible row stride for vector loads; the csrc kernels peel a misaligned head themselves."""
+    if backend == "triton":
+        from redone_fast.kernels import lm_head_rows
+
+        return lm_head_rows.ROW_ALIGN
+    return 1
+
+
 def chunk_rows(backend: str, hidden: torch.Tensor, weight: torch.Tensor, chunk_bytes: int) -> int:
     """Tokens per logits chunk for this backend's working set (see _chunking.plan_chunk_rows).
 
@@ -91,4 +101,5 @@ def chunk_rows(backend: str, hidden: torch.Tensor, weight: torch.Tensor, chunk_b
     per_logit = row_ops(backend).working_bytes_per_logit(torch.float32)
     if hidden.dtype != torch.float32 and fp32_output_gemms(hidden.device, hidden.dtype):
         per_logit += hidden.element_size()
-    return plan_chunk_rows(hidden.shape[0], weight.shape[0], per_logit, chunk_bytes)
+    align = chunk_row_align(backend)
+    return plan_chunk_rows(hidden.shape[0], -(-weight.shape[0] // align) * align, per_logit, chunk_bytes)

@@ -41,7 +41,8 @@ def fp32_output_gemms(device: torch.device, dtype: torch.dtype) -> bool:
     try:
         a = torch.tensor([[1.0, 2.0], [3.0, 4.0]], device=device).to(dtype)
         acc = torch.ones(2, 2, device=device)
-        logits = torch.mm(a, a.t(), out_dtype=torch.float32)
+        logits = torch.zeros(2, 4, device=device)[:, :2]  # a padded chunk, as LMHead writes it
+        torch.mm(a, a.t(), out_dtype=torch.float32, out=logits)
         torch.addmm(acc, a.t(), a, out_dtype=torch.float32, out=acc)
     except (RuntimeError, TypeError, NotImplementedError):
         return False
@@ -64,22 +65,29 @@ class LMHead:
       weight-gradient product goes straight into the fp32 accumulator (no bf16 scratch round trip).
     * otherwise (CPU): the GEMMs run in fp32 on upcast operands. bf16 -> fp32 is exact, so this is the
       same product; it keeps one fp32 copy of the weight (4 V H bytes) for the op's lifetime.
+
+    `row_align` > 1 pads each chunk row to a multiple of that many elements (the chunk is a [n, V] view of
+    an [n, V_padded] buffer, written in place by the GEMM): the Triton row kernels' loads only vectorise
+    when the row stride is provably 16-divisible, and a tokenizer's V often is not (4099, 151665).
     """
 
-    def __init__(self, hidden: torch.Tensor, weight: torch.Tensor):
+    def __init__(self, hidden: torch.Tensor, weight: torch.Tensor, row_align: int = 1):
         self.hidden, self.weight = hidden, weight
+        self.padded_vocab = -(-weight.shape[0] // row_align) * row_align
         self.low_precision = hidden.dtype != torch.float32
         self.native = self.low_precision and fp32_output_gemms(hidden.device, hidden.dtype)
         self._weight32 = weight.float() if self.low_precision and not self.native else None
 
     def logits(self, start: int, end: int) -> torch.Tensor:
-        """fp32 logits [end - start, V] of tokens start..end."""
+        """fp32 logits [end - start, V] of tokens start..end (rows `padded_vocab` apart)."""
         rows = self.hidden[start:end]
+        vocab = self.weight.shape[0]
+        out = torch.empty(end - start, self.padded_vocab, dtype=torch.float32, device=rows.device)[:, :vocab]
         if not self.low_precision:
-            return torch.mm(rows, self.weight.t())
+            return torch.mm(rows, self.weight.t(), out=out)
         if self.native:
-            return torch.mm(rows, self.weight.t(), out_dtype=torch.float32)
-        return torch.mm(rows.float(), self._weight32.t())
+            return torch.mm(rows, self.weight.t(), out_dtype=torch.float32, out=out)
+        return torch.mm(rows.float(), self._weight32.t(), out=out)
 
     def gemm_operand(self, dlogits: torch.Tensor) -> torch.Tensor:
         """dlogits (fp32) as the backward GEMMs take it: the input dtype on the native route."""
@@ -146,10 +154,11 @@ def backward_through_head(
     logits_to_grad_: Callable[[int, int, torch.Tensor], None],
     need_hidden: bool,
     need_weight: bool,
+    row_align: int = 1,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Recompute each logits chunk, let `logits_to_grad_(start, end, logits)` overwrite it with
     dlogits (applying the per-token upstream gradients), and accumulate both input gradients."""
-    head = LMHead(hidden, weight)
+    head = LMHead(hidden, weight, row_align)
     grads = HeadGradients(head, need_hidden, need_weight)
     for start, end, logits in logit_chunks(head, chunk_rows):
         logits_to_grad_(start, end, logits)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from redone_fast.ops._backend import chunk_rows, resolve_backend, resolve_chunk_bytes, row_ops
+from redone_fast.ops._backend import chunk_row_align, chunk_rows, resolve_backend, resolve_chunk_bytes, row_ops
 from redone_fast.ops._checks import check_lm_head_args, check_target_range
 from redone_fast.ops._chunking import HeadGradients, LMHead, backward_through_head, logit_chunks, or_empty
 
@@ -91,7 +91,7 @@ def _reduced_op(
     n_valid = valid.sum()
     # Gradient of the reduced loss w.r.t. each token's loss: 1 (sum) or 1 / n_valid (mean); 0 if ignored.
     row_scale = valid.float() / n_valid.clamp(min=1) if mean else valid.float()
-    head = LMHead(hidden, weight)
+    head = LMHead(hidden, weight, chunk_row_align(backend))
     grads = HeadGradients(head, grad_hidden, grad_weight)
     total = torch.zeros((), dtype=torch.float32, device=hidden.device)
     for start, end, logits in logit_chunks(head, chunk_rows(backend, hidden, weight, chunk_bytes)):
@@ -154,7 +154,7 @@ def _tokens_op(
     valid = target != ignore_index
     losses = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
     lses = torch.empty_like(losses)
-    head = LMHead(hidden, weight)
+    head = LMHead(hidden, weight, chunk_row_align(backend))
     for start, end, logits in logit_chunks(head, chunk_rows(backend, hidden, weight, chunk_bytes)):
         losses[start:end], lses[start:end] = _token_losses(
             rows, logits, target[start:end], valid[start:end], vocab, label_smoothing, z_loss, softcap
@@ -205,7 +205,8 @@ def _tokens_backward_op(
                       label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap)
 
     grad_h, grad_w = backward_through_head(
-        hidden, weight, chunk_rows(backend, hidden, weight, chunk_bytes), logits_to_grad_, need_hidden, need_weight
+        hidden, weight, chunk_rows(backend, hidden, weight, chunk_bytes), logits_to_grad_, need_hidden, need_weight,
+        chunk_row_align(backend),
     )
     return or_empty(grad_h, hidden), or_empty(grad_w, weight)
 

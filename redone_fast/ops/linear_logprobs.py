@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from redone_fast.ops._backend import chunk_rows, resolve_backend, resolve_chunk_bytes, row_ops
+from redone_fast.ops._backend import chunk_row_align, chunk_rows, resolve_backend, resolve_chunk_bytes, row_ops
 from redone_fast.ops._checks import check_lm_head_args, check_target_range
 from redone_fast.ops._chunking import LMHead, backward_through_head, logit_chunks, or_empty
 
@@ -46,7 +46,7 @@ def _logprobs_op(
     logp = torch.empty(num_tokens, dtype=torch.float32, device=hidden.device)
     lses = torch.empty_like(logp)
     entropy = torch.empty_like(logp) if with_entropy else logp.new_empty(0)
-    head = LMHead(hidden, weight)
+    head = LMHead(hidden, weight, chunk_row_align(backend))
     for start, end, logits in logit_chunks(head, chunk_rows(backend, hidden, weight, chunk_bytes)):
         lse, target_logit, _, chunk_entropy = rows.row_stats(
             logits, target[start:end], inv_temperature=1.0 / temperature, need_entropy=with_entropy
@@ -110,7 +110,8 @@ def _backward_op(
         )
 
     grad_h, grad_w = backward_through_head(
-        hidden, weight, chunk_rows(backend, hidden, weight, chunk_bytes), logits_to_grad_, need_hidden, need_weight
+        hidden, weight, chunk_rows(backend, hidden, weight, chunk_bytes), logits_to_grad_, need_hidden, need_weight,
+        chunk_row_align(backend),
     )
     return or_empty(grad_h, hidden), or_empty(grad_w, weight)
 
