@@ -4,7 +4,7 @@ Run with `pytest benchmarks/bench_lm_head.py` (or `python benchmarks/record.py`,
 results file). Three suites, each parametrised over implementation and shape:
 
   test_linear_cross_entropy_fwd_bwd   mean cross-entropy (~10% ignored tokens), forward + backward to
-                                      hidden and weight: fused | torch_eager | torch_compile | liger | gemm3
+                                      hidden and weight: fused | torch_eager | torch_compile | liger | torch_native | gemm3
   test_linear_logprobs_fwd_nograd     per-token log-probabilities under torch.no_grad():
                                       fused | torch_eager | torch_compile | gemm1
   test_linear_logprobs_fwd_bwd        log-probabilities, backward with a random upstream gradient:
@@ -132,6 +132,9 @@ def _skip_unavailable(impl: str) -> None:
             "torch_compile skipped on CPU: inductor's C++ compile takes ~15 s per shape and op on this "
             "machine, which alone would exceed the CPU run's time budget (set REDONE_BENCH_CPU_COMPILE=1 to run it)"
         )
+    if impl == "torch_native" and not (hasattr(F, "linear_cross_entropy")
+                                       and hasattr(torch.nn, "LinearCrossEntropyOptions")):
+        pytest.skip(f"torch_native: torch {torch.__version__} has no chunked F.linear_cross_entropy")
     if impl == "liger":
         if not CUDA:
             pytest.skip("liger: liger_kernel's fused linear cross entropy is Triton-only and needs CUDA")
@@ -158,6 +161,14 @@ def _build_ce_fwd_bwd(impl: str, inp: dict) -> Callable[[], tuple]:
 
         def run():
             loss = liger(w, h, t)  # liger's argument order: (lin_weight, input, target)
+            return (loss, *torch.autograd.grad(loss, (h, w)))
+    elif impl == "torch_native":
+        # torch's own chunked op (F.linear_cross_entropy with LinearCrossEntropyOptions(): the chunked
+        # path, its "auto" chunking and accumulation picks); torch >= 2.12, skipped where absent.
+        options = torch.nn.LinearCrossEntropyOptions()
+
+        def run():
+            loss = F.linear_cross_entropy(h, w, t, ignore_index=IGNORE_INDEX, options=options)
             return (loss, *torch.autograd.grad(loss, (h, w)))
     elif impl == "gemm3":
         hd, wd = h.detach(), w.detach()
@@ -362,7 +373,8 @@ def _params(impls):
     return [pytest.param(size, impl, id=f"{impl}-T{size[0]}-H{size[1]}-V{size[2]}") for size in SIZES for impl in impls]
 
 
-@pytest.mark.parametrize("size,impl", _params(["fused", "torch_eager", "torch_compile", "liger", "gemm3"]))
+@pytest.mark.parametrize("size,impl", _params(["fused", "torch_eager", "torch_compile", "liger", "torch_native",
+                                                "gemm3"]))
 def test_linear_cross_entropy_fwd_bwd(benchmark, size, impl):
     _run_case(benchmark, "linear_cross_entropy", impl, size, _build_ce_fwd_bwd, grad=True, flops_factor=6)
 

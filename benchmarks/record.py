@@ -28,7 +28,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 MODULE = "benchmarks/bench_lm_head.py"
-RESULTS_DIR = ROOT / "benchmarks" / "results"
+# REDONE_BENCH_RESULTS_DIR: write there instead (benchmarks/gpu_check.sh points it under $OUT).
+RESULTS_DIR = Path(os.environ.get("REDONE_BENCH_RESULTS_DIR") or ROOT / "benchmarks" / "results")
 GIB = 1 << 30
 
 # The gemm floor each op is compared against (time of fused / time of the floor).
@@ -139,7 +140,7 @@ def _ratios(rows: list[dict]) -> list[dict]:
             entry["fused_over_gemm"] = _ratio(fused["median_ms"], impls[base_name]["median_ms"])
         if "liger" in impls:
             entry["fused_over_liger"] = _ratio(fused["median_ms"], impls["liger"]["median_ms"])
-        for other in ("torch_eager", "torch_compile"):
+        for other in ("torch_eager", "torch_compile", "torch_native"):
             if other in impls:
                 entry[f"fused_over_{other}"] = _ratio(fused["median_ms"], impls[other]["median_ms"])
                 entry[f"peak_fused_over_{other}"] = _ratio(fused["peak_extra_bytes"], impls[other]["peak_extra_bytes"])
@@ -300,7 +301,8 @@ def main(argv: list[str]) -> int:
         out_path = RESULTS_DIR / f"lm_head-{slug}-{started.strftime('%Y%m%d')}-{suffix}.json"
         suffix += 1
     out_path.write_text(json.dumps(record, indent=1) + "\n")
-    _print_table(rows, ratios, targets, skipped, failed, out_path.relative_to(ROOT))
+    shown = out_path.relative_to(ROOT) if out_path.is_relative_to(ROOT) else out_path
+    _print_table(rows, ratios, targets, skipped, failed, shown)
     return rc
 
 
