@@ -20,7 +20,8 @@ Cross-program data only ever moves through atomics and volatile (L1-bypassing) l
 state (arrived, generation, error flag) is a fresh zeroed int32 buffer per launch (a memset, which a CUDA
 graph captures too), so a barrier that timed out can never leave a half-counted state to the next
 launch. A barrier that waits too long (a bug: the cooperative launch rules out non-resident programs)
-sets the error flag and gives up instead of hanging the GPU; the validating path raises on it.
+sets the error flag and gives up instead of hanging the GPU; the op raises on it (validate=True) or
+fails a device-side assert (validate=False: no host sync).
 
 `num_programs` is a runtime argument (not specialised): a new batch shape does not compile a new kernel.
 Under TRITON_INTERPRET=1 programs run one after another, so a barrier could never be passed: the

@@ -73,3 +73,25 @@ def test_accumulates_in_float64_as_the_cuda_kernel():
     torch.testing.assert_close(out.std.double(), ref_std, rtol=1e-6, atol=0)
     fp32_formula = (rewards - ref_mean.float()) / (ref_std.float() + 1e-6)
     torch.testing.assert_close(out.seq, fp32_formula, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("validate", [True, False])
+def test_a_timed_out_barrier_is_never_silent(monkeypatch, validate):
+    """The kernel's error flag (barrier state[2]) fails the call: a clean error when validating, a
+    device-side assert (no host sync) otherwise."""
+    from redone_fast.kernels import group_advantages as k
+    from redone_fast.ops import group_advantages
+
+    real = k.group_advantages
+
+    def timed_out(*args):
+        *outputs, state = real(*args)
+        state[2] = 1
+        return (*outputs, state)
+
+    monkeypatch.setattr(k, "group_advantages", timed_out)
+    rewards, group_ids = torch.tensor([1.0, 0.0, 0.5]), torch.tensor([0, 0, 1])
+    with pytest.raises(RuntimeError, match="barrier timed out"):
+        group_advantages(rewards, group_ids, 2, backend="triton", validate=validate)
+    monkeypatch.setattr(k, "group_advantages", real)
+    group_advantages(rewards, group_ids, 2, backend="triton", validate=validate)  # a clean flag passes

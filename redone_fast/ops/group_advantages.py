@@ -142,6 +142,10 @@ def _group_advantages_op(
         )
         if validate and int(state[2]) != 0:
             raise RuntimeError("group_advantages: a grid barrier timed out (results are invalid)")
+        if not validate:
+            # No host sync on the hot path; still never train on the outputs of a timed-out barrier (a
+            # bug, which the cooperative launch should rule out): a device-side assert fails the process.
+            torch._assert_async(state[2] == 0, "group_advantages: a grid barrier timed out")
         return seq, tok, mean, std, keep
     seq, tok, mean, std, keep = torch.ops.redone_fast_C.group_advantages(
         rewards, group_ids, num_groups, scale_by_std, eps, ranges, num_tokens
