@@ -87,3 +87,51 @@ def test_gradients_are_one_rounding_from_float64(device_backend, dtype, op):
     truth_h, truth_w = torch.autograd.grad(objective(rh, rw, False), (rh, rw))
     within_one_rounding(grad_w, truth_w, dtype)
     within_one_rounding(grad_h, truth_h, dtype)
+
+
+def test_the_cuda_route_wiring_with_fp32_output_gemms_stood_in_on_cpu(monkeypatch):
+    """The CUDA route (`torch.mm` / `torch.addmm` with out_dtype=float32 on bf16 operands) cannot run on a
+    CPU build, which has no such kernel. Stand-ins with the same contract (bf16 operands, product formed
+    in fp32, fp32 result) check the route's wiring: fp32 chunks on padded rows, the bf16 operand of the
+    backward GEMMs, the fp32 accumulator written in place."""
+    from error_budget import assert_within_budget
+    from redone_fast.ops import _chunking
+
+    real_mm, real_addmm, calls = torch.mm, torch.addmm, []
+
+    def mm(a, b, *, out_dtype=None, out=None):
+        if out_dtype is None:
+            return real_mm(a, b) if out is None else real_mm(a, b, out=out)
+        assert a.dtype == b.dtype == torch.bfloat16 and out_dtype == torch.float32
+        calls.append("mm")
+        product = real_mm(a.float(), b.float())
+        return product if out is None else out.copy_(product)
+
+    def addmm(acc, a, b, *, out_dtype=None, out=None):
+        assert out_dtype == torch.float32 and a.dtype == b.dtype == torch.bfloat16 and out is acc
+        calls.append("addmm")
+        return acc.add_(real_mm(a.float(), b.float()))
+
+    monkeypatch.setattr(_chunking, "fp32_output_gemms", lambda device, dtype: True)
+    monkeypatch.setattr("redone_fast.ops._backend.fp32_output_gemms", lambda device, dtype: True)
+    monkeypatch.setattr(torch, "mm", mm)
+    monkeypatch.setattr(torch, "addmm", addmm)
+    hidden, weight, target = inputs(torch.bfloat16, "cpu", 5)
+    h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    logp, entropy = linear_logprobs(h, w, target, with_entropy=True, backend="torch", chunk_bytes=CHUNK_BYTES)
+    upstream = torch.randn(T, generator=torch.Generator().manual_seed(6))
+    ours = torch.autograd.grad((logp * upstream).sum() + entropy.sum(), (h, w))
+    monkeypatch.undo()
+    chunks = calls.count("addmm")  # one weight-gradient product per chunk
+    assert chunks >= 4 and calls.count("mm") == 2 * chunks  # each chunk's logits: forward, backward
+    ref_logp, ref_entropy = linear_logprobs_ref(hidden.double(), weight.double(), target, with_entropy=True)
+    torch.testing.assert_close(logp.double(), ref_logp, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(entropy.double(), ref_entropy, rtol=1e-5, atol=1e-6)
+    results = {}
+    for name, dtype in (("truth", torch.float64), ("torch", torch.bfloat16)):
+        rh, rw = hidden.to(dtype).requires_grad_(), weight.to(dtype).requires_grad_()
+        r_logp, r_entropy = linear_logprobs_ref(rh, rw, target, with_entropy=True)
+        objective = (r_logp.double() * upstream.double()).sum() + r_entropy.double().sum()
+        results[name] = torch.autograd.grad(objective, (rh, rw))
+    for i, what in enumerate(("grad_hidden", "grad_weight")):
+        assert_within_budget(what, ours[i], results["torch"][i], results["truth"][i], torch.bfloat16)
