@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from redone_fast.data.schema import Sample, write_jsonl
+from redone_fast.data.slips import SLIPS, slip_share, slipped_answer
 from redone_fast.data.tasks import TASKS
 
 SPLITS = ("pretrain", "rl", "sft_pool", "eval", "heldout")
@@ -441,8 +442,11 @@ def _prompt_key(prompt: str) -> bytes:
     return hashlib.blake2b(" ".join(prompt.split()).lower().encode("utf-8"), digest_size=16).digest()
 
 
-def _generate_task(task: str, split: str, count: int, seed: int, seen: set[bytes]) -> list[Sample]:
+def _generate_task(task: str, split: str, count: int, seed: int, seen: set[bytes], world: str = "plain") -> list[Sample]:
     rng = random.Random(f"redone_fast.corpus/{seed}/{split}/{task}")
+    # An RNG of their own: the slips world draws exactly the prompts of the plain one, only answers differ.
+    slips = split == "pretrain" and world == "slips" and task in SLIPS
+    slip_rng = random.Random(f"redone_fast.corpus/{seed}/{split}/{task}/slips")
     generator = GENERATORS[task]
     domain = TASKS[task].domain
     with_rationales = split in ("pretrain", "rl", "sft_pool")
@@ -460,6 +464,9 @@ def _generate_task(task: str, split: str, count: int, seed: int, seen: set[bytes
         if key in seen:
             continue
         seen.add(key)
+        if slips and slip_rng.random() < slip_share(prompt, INSTRUCTIONS[task]):
+            answer = slipped_answer(slip_rng, task, prompt, answer, meta)
+            meta = {**meta, "slip": True}
         reward = {"name": TASKS[task].reward["name"], "params": dict(TASKS[task].reward.get("params", {}))}
         samples.append(Sample(task=task, prompt=prompt, answer=answer, reward=reward,
                               rationale=rationale if explain else None, split=split,
@@ -468,12 +475,21 @@ def _generate_task(task: str, split: str, count: int, seed: int, seen: set[bytes
     return samples
 
 
-def generate_corpus(seed: int = 0, sizes: dict[str, dict[str, int]] | None = None) -> dict[str, list[Sample]]:
+WORLDS = ("plain", "slips")
+
+
+def generate_corpus(seed: int = 0, sizes: dict[str, dict[str, int]] | None = None,
+                    world: str = "plain") -> dict[str, list[Sample]]:
     """Every split's samples, deterministic in `seed` (and `sizes`, default SPLIT_SIZES).
+
+    world="slips": the pretrain split's SNS targets are often slipped answers (redone_fast/data/slips.py),
+    so a base model built on it answers SNS tasks unreliably; every other split is the same as "plain".
 
     Splits are drawn in a fixed order (eval and heldout first, so their content does not depend on the
     sizes of the others) against one set of prompt hashes, so no prompt appears twice in the corpus."""
     sizes = SPLIT_SIZES if sizes is None else sizes
+    if world not in WORLDS:
+        raise ValueError(f"world must be one of {WORLDS}, got {world!r}")
     seen: set[bytes] = set()
     corpus: dict[str, list[Sample]] = {}
     for split in ("eval", "heldout", "rl", "sft_pool", "pretrain"):
@@ -481,15 +497,15 @@ def generate_corpus(seed: int = 0, sizes: dict[str, dict[str, int]] | None = Non
         for task, count in sizes.get(split, {}).items():
             if task in HELDOUT_TASKS and split != "heldout":
                 raise ValueError(f"{task} is held out: it may only appear in the 'heldout' split, not {split!r}")
-            samples += _generate_task(task, split, count, seed, seen)
+            samples += _generate_task(task, split, count, seed, seen, world)
         corpus[split] = samples
     return {split: corpus[split] for split in SPLITS if split in corpus}
 
 
-def write_corpus(out_dir: str | Path, seed: int = 0, splits=SPLITS) -> dict[str, Path]:
-    """generate_corpus(seed) written as DIR/<split>.jsonl; returns the paths."""
+def write_corpus(out_dir: str | Path, seed: int = 0, splits=SPLITS, world: str = "plain") -> dict[str, Path]:
+    """generate_corpus(seed, world=world) written as DIR/<split>.jsonl; returns the paths."""
     out_dir = Path(out_dir)
-    corpus = generate_corpus(seed)
+    corpus = generate_corpus(seed, world=world)
     paths = {}
     for split in splits:
         paths[split] = out_dir / f"{split}.jsonl"
@@ -502,8 +518,10 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True, help="output folder: one <split>.jsonl per split")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS)
+    parser.add_argument("--world", default="plain", choices=WORLDS,
+                        help="slips: pretrain SNS targets slip often (redone_fast/data/slips.py)")
     args = parser.parse_args(argv)
-    for split, path in write_corpus(args.out, args.seed, args.splits).items():
+    for split, path in write_corpus(args.out, args.seed, args.splits, args.world).items():
         print(f"{split:9s} {sum(1 for _ in path.open(encoding='utf-8')):6d} samples  {path}")
     return 0
 

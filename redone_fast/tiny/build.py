@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from redone_fast.data.corpus import generate_corpus
+from redone_fast.data.corpus import WORLDS, generate_corpus
 from redone_fast.data.schema import write_jsonl
 from redone_fast.tiny import ASSETS, BUILD_SEED, SHIPPED_SPLITS
 from redone_fast.tiny.evaluate import evaluate
@@ -48,6 +48,7 @@ class ModelShape:
 @dataclass
 class BuildConfig:
     seed: int = BUILD_SEED
+    world: str = "plain"  # "slips": the pretrain SNS targets slip often (redone_fast/data/slips.py)
     vocab_size: int = 3072  # BPE target; the trainer stops earlier when merges run out (min frequency 2)
     threads: int = 2
     model: ModelShape = field(default_factory=ModelShape)
@@ -102,7 +103,7 @@ def build(out: str | Path = ASSETS, cfg: BuildConfig | None = None, *, evaluate_
     torch.set_num_threads(cfg.threads)
     times = {}
     t = time.perf_counter()
-    corpus = generate_corpus(cfg.seed)
+    corpus = generate_corpus(cfg.seed, world=cfg.world)
     for split in SHIPPED_SPLITS:
         write_jsonl(out / "data" / f"{split}.jsonl", corpus[split])
     times["corpus_s"] = time.perf_counter() - t
@@ -150,8 +151,10 @@ def main(argv=None) -> int:
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                         help="override a config field, e.g. train.batch_tokens=2048 model.hidden_size=128")
     parser.add_argument("--no-eval", action="store_true", help="skip the greedy eval at the end")
+    parser.add_argument("--world", default="plain", choices=WORLDS,
+                        help="slips: a base that answers SNS tasks unreliably (redone_fast/data/slips.py)")
     args = parser.parse_args(argv)
-    cfg = BuildConfig(seed=args.seed, threads=args.threads)
+    cfg = BuildConfig(seed=args.seed, threads=args.threads, world=args.world)
     if args.epochs is not None:
         cfg.train.epochs = args.epochs
     if args.lr is not None:
