@@ -4,7 +4,8 @@ Run with `pytest benchmarks/bench_lm_head.py` (or `python benchmarks/record.py`,
 results file). Three suites, each parametrised over implementation and shape:
 
   test_linear_cross_entropy_fwd_bwd   mean cross-entropy (~10% ignored tokens), forward + backward to
-                                      hidden and weight: fused | torch_eager | torch_compile | liger | torch_native | gemm3
+                                      hidden and weight: fused | torch_eager | torch_compile | liger |
+                                      torch_native | gemm3
   test_linear_logprobs_fwd_nograd     per-token log-probabilities under torch.no_grad():
                                       fused | torch_eager | torch_compile | gemm1
   test_linear_logprobs_fwd_bwd        log-probabilities, backward with a random upstream gradient:
