@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import platform
 import sys
 import xml.etree.ElementTree as ET
@@ -31,7 +32,7 @@ def _device() -> dict:
                 "memory_bytes": props.total_memory, "count": torch.cuda.device_count()}
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else None
-    return {"type": "cpu", "name": cpu, "cores": len(__import__("os").sched_getaffinity(0))}
+    return {"type": "cpu", "name": cpu, "cores": len(os.sched_getaffinity(0))}
 
 
 def _tests(out: Path) -> dict:
@@ -81,6 +82,8 @@ def _bench(out: Path) -> dict:
 
 
 def main(argv: list[str]) -> int:
+    import torch
+
     out = Path(argv[0]).resolve()
     steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines() if line.strip()]
     commit = record._git("rev-parse", "HEAD")
@@ -91,7 +94,7 @@ def main(argv: list[str]) -> int:
         "device": _device(),
         "versions": {dist: record._version(dist) for dist in ("torch", "triton", "transformers", "liger-kernel",
                                                                "pytest", "pytest-benchmark")}
-        | {"python": platform.python_version(), "torch_cuda": __import__("torch").version.cuda},
+        | {"python": platform.python_version(), "torch_cuda": torch.version.cuda},
         "git": {"commit": commit, "dirty_paths": [line[3:] for line in
                                                   (record._git("status", "--porcelain") or "").splitlines()]},
         "steps": steps,
