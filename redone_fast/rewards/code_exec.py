@@ -2,11 +2,19 @@
 
 ``code_exec(prediction, reference, expected_output=..., stdin=...)`` scores 1.0 when the
 program extracted from ``prediction`` (see :func:`extract_code`) runs in the sandbox
-(:mod:`redone_fast.rewards.sandbox`: separate process, CPU/memory/time limits, no network,
-a throwaway working folder), exits with status 0 and prints ``expected_output`` up to
-trailing whitespace on each line and trailing blank lines (:func:`normalize_output`);
-anything else scores 0.0: wrong output, an exception, a non-zero exit, a time-out, a
-limit hit, output beyond the cap, or an operation the sandbox refused.
+(:mod:`redone_fast.rewards.sandbox`: bubblewrap namespaces with a read-only view of the Python
+installation and a throwaway tmpfs, seccomp, CPU/memory/time limits, no network, an audit hook),
+exits with status 0 and prints ``expected_output`` up to trailing whitespace on each line and
+trailing blank lines (:func:`normalize_output`); anything else scores 0.0: wrong output, an
+exception, a non-zero exit, a time-out, a limit hit, output beyond the cap, or an operation the
+sandbox refused.
+
+Bubblewrap (``bwrap``; Debian/Ubuntu package ``bubblewrap``) is required. Without it (or when it
+cannot create namespaces here) ``code_exec`` raises :class:`SandboxUnavailableError` with a one-line
+reason and runs nothing, so that a misconfigured machine is not silently trained on rewards of 0;
+through the reward router (``redone_fast.rewards.router``) that is a score of 0 whose recorded
+error is that line. Setting ``REDONE_SANDBOX_ALLOW_WEAK=1`` accepts the weaker in-process
+isolation instead (an audit hook, not a security boundary; see the sandbox's docstring).
 
 The generated code is never run in this process.
 """
@@ -16,9 +24,9 @@ from __future__ import annotations
 import ast
 import re
 
-from redone_fast.rewards.sandbox import SandboxLimits, run_python
+from redone_fast.rewards.sandbox import SandboxLimits, SandboxUnavailableError, run_python
 
-__all__ = ["extract_code", "code_exec", "normalize_output"]
+__all__ = ["extract_code", "code_exec", "normalize_output", "SandboxUnavailableError"]
 
 _PYTHON_TAGS = frozenset({"python", "python3", "py", "py3", "pycon", "ipython"})
 # An opening fence (``` with an optional info string), its body, the closing fence.
@@ -105,7 +113,8 @@ def code_exec(prediction: str, reference: str, *, expected_output: str, stdin: s
     the program's output on ``stdin``; it is kept so that every reward shares the
     ``(prediction, reference, **kwargs)`` signature. ``timeout_s`` bounds both the wall-clock
     time and the CPU time of the run. The output cap is raised above the default when the
-    expected output needs it. Never raises for anything the program does.
+    expected output needs it. Never raises for anything the program does; raises
+    :class:`SandboxUnavailableError` when no accepted isolation exists (see the module docstring).
     """
     del reference  # unused by design, see the docstring
     code = extract_code(prediction)

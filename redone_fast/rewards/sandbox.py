@@ -1,179 +1,189 @@
 """Run untrusted, model-generated Python in a sandbox.
 
-``run_python(code, stdin=..., limits=...)`` executes ``code`` in a fresh Python
-interpreter and returns a :class:`SandboxResult`; it never raises because of
-anything the program does. Generated code is only ever run this way.
+``run_python(code, stdin=..., limits=...)`` executes ``code`` in a fresh Python interpreter and
+returns a :class:`SandboxResult`; it never raises because of anything the program does. Generated
+code is only ever run this way. ``isolation_report()`` says which isolation a run would get here.
 
-Layers, outermost first (each one stands on its own; none needs root):
+Two isolations exist; which one runs is decided per call:
 
-1. **Separate process.** A new interpreter (``sys.executable -I -S -B -X utf8
-   -X int_max_str_digits=0``) in its own session / process group, with every
-   parent file descriptor closed (``close_fds``). ``-I`` ignores ``PYTHON*``
-   variables, the user site directory and the script's folder; ``-S`` skips
-   ``site``, so ``site-packages`` (and its ``.pth`` files) are never on the path:
-   only the standard library is importable. On wall-clock timeout, output overflow
-   and also after a normal exit, the whole process group is ``SIGKILL``-ed, then
-   the child is reaped by the parent (no PID-reuse race).
-2. **Resource limits** (``setrlimit`` in the child, soft = hard so they cannot be
-   raised again, before any user code runs): ``RLIMIT_CPU`` (``cpu_s`` rounded up
-   to whole seconds; ``SIGXCPU`` then ``SIGKILL`` one second later),
-   ``RLIMIT_AS`` (``memory_mb`` of address space: big allocations fail with
-   ``MemoryError``), ``RLIMIT_FSIZE`` (``max_file_bytes`` per written file),
-   ``RLIMIT_NOFILE``, ``RLIMIT_CORE = 0`` and ``RLIMIT_NPROC`` where the kernel
-   enforces it for the child: ``max_processes`` tasks (threads included) in its
-   own user namespace when the kernel counts per namespace (Linux >= 5.14,
-   probed), else, for a non-root uid, the uid's current task count (read from
-   ``/proc``) + ``max_processes``. A real-root child is exempt from
-   ``RLIMIT_NPROC`` (kernel rule); there process creation is stopped by layer 7
-   only.
-3. **Wall clock**: ``wall_s`` measured by the parent, which kills the group. As a
-   backstop for a parent that dies or is killed first (the child is in its own
-   session, so nothing else would end, say, a sleeping program), a watchdog thread
-   started in the child before the user code ends the process 2 s
-   (``_WATCHDOG_GRACE_S``) after ``wall_s``. It counts as one of ``max_processes``.
-4. **Throwaway working folder**: a fresh ``mkdtemp`` folder (mode 0700) is the
-   cwd, ``HOME`` and ``TMPDIR``; the program is ``main.py`` inside it; the parent
-   deletes the folder afterwards whatever the program did (a parent killed
-   mid-run leaves it behind).
-5. **Minimal environment**: only ``PATH=/usr/bin:/bin``, ``HOME``, ``TMPDIR``,
-   ``LANG``/``LC_ALL=C.UTF-8``, ``MALLOC_ARENA_MAX=2`` (so that each thread does
-   not reserve a 64 MiB malloc arena under ``RLIMIT_AS``) and ``LD_LIBRARY_PATH``
-   when the parent has one (some Python builds need it to start); nothing else
-   of the parent's environment (tokens, keys, ...) is passed on. stdin is an
-   unlinked temporary file holding ``stdin``.
-6. **Optional OS isolation, detected at run time** (probed once per process by
-   running a tiny program the same way, cached):
+* **"bubblewrap"** (the default; needs the ``bwrap`` program, Debian/Ubuntu package ``bubblewrap``):
+  the kernel confines the child. This is the security boundary.
+* **"weak"**: the child is an ordinary process confined by rlimits and an in-process audit hook,
+  which is *not* a security boundary (memory corruption defeats it). Used only when bubblewrap is
+  missing or unusable *and* the caller opted in, with ``SandboxLimits(allow_weak_isolation=True)`` or
+  the environment variable ``REDONE_SANDBOX_ALLOW_WEAK=1``. Without the opt-in, ``run_python`` raises
+  :class:`SandboxUnavailableError` (one line: why bubblewrap cannot be used and how to fix it) and
+  runs nothing.
 
-   * *Network namespace*: when ``unshare --user --map-root-user --net`` works
-     (util-linux present, unprivileged user namespaces allowed), the child runs
-     in a new user + network namespace with only a down loopback: no network at
-     all, whatever the code does. Otherwise only layer 7 blocks the network.
-   * *Unprivileged uid*: when the parent runs as root, the child runs as uid/gid
-     65534 ("nobody", no supplementary groups) if the interpreter is usable by
-     that uid (it is not when Python lives under a 0700 ``/root``). Then file
-     permissions protect root's files, it cannot signal root's processes and
-     ``RLIMIT_NPROC`` applies.
-7. **Audit hook** (``sys.addaudithook``, installed in the child before the user
-   code is compiled; Python offers no way to remove one). It raises
-   ``PermissionError`` (``ModuleNotFoundError`` for imports) and writes a
-   ``[sandbox] blocked ...`` line to stderr for:
+Layers under **bubblewrap**, outermost first:
 
-   * process creation and signals: ``os.system``, ``os.exec*``, ``os.fork``,
-     ``os.forkpty``, ``os.posix_spawn*``, ``subprocess.Popen``, ``os.kill``,
-     ``os.killpg``. Functions without an audit event are taken away before the
-     user code runs: ``_posixsubprocess.fork_exec`` becomes a refusing stub,
-     ``os.pidfd_open``, ``signal.pidfd_send_signal``, ``os.setpriority`` and
-     ``os.sched_set*`` are deleted; so that they cannot be brought back, every
-     allowed builtin module is imported up front and ``_imp.create_builtin``
-     (which re-creates builtin modules without an audit event) is replaced by a
-     refusal;
-   * networking: every ``socket.*`` event (connect, bind, sendto, name
-     resolution, creation of any socket but an ``AF_UNIX`` one, ...) and the
-     ``urllib``/``http``/``ftplib``/``smtplib``/... events. Unconnected
-     ``AF_UNIX`` sockets (``socketpair``, asyncio's self-pipe) are allowed;
-   * native code and interpreter internals: importing ``ctypes``/``_ctypes``,
-     ``_posixsubprocess``, ``_xxsubinterpreters`` (a sub-interpreter would have
-     no hook), ``_test*``/``xx*`` modules, ``_sqlite3``, ``_dbm``/``_gdbm``,
-     ``readline``, ``_ssl``, ``_multiprocessing``, ``_posixshmem``, ``syslog``,
-     ``pwd``/``grp``/``spwd``, ``_tkinter``, re-importing ``posix``/``_signal``;
-     loading any extension module from outside the standard library folder;
-     ``code.__new__`` / ``code.replace`` (hand-made bytecode; only ``types.coroutine``'s
-     flag change is let through),
-     ``marshal.loads`` except from the import system's own bytecode loader,
-     ``sys.addaudithook``, ``sys.settrace``/``sys.setprofile``,
-     ``gc.get_objects``/``get_referrers``/``get_referents``,
-     ``resource.setrlimit``/``prlimit``, ``ctypes.*`` events;
-   * files: opening for writing, creating (``mkdir``), removing, renaming,
-     ``chmod``/``chown``/``utime``/``truncate``/xattrs outside the working folder;
-     reading or listing outside the working folder except the standard library
-     folders (``sys.path`` of the child, ``site-packages`` excluded) and
-     ``/dev/null``, ``/dev/zero``, ``/dev/urandom``, ``/dev/random``,
-     ``/dev/std{in,out,err}``; opening anything but regular files (devices,
-     FIFOs) or directories outside the folder; all ``os.symlink``/``os.link``;
-     ``os.chdir`` anywhere but the working folder; more than ``max_files``
-     newly created files/folders. Paths are resolved like the kernel does
-     (``..`` and symlinks via ``lstat``/``readlink``), relative to the working
-     folder; only exact ``str``/``bytes`` (or subclasses, read through their
-     underlying data) and integer file descriptors are accepted as paths, so
-     ``open(pathlib.Path(...))`` is refused (use ``str(path)``): an arbitrary
-     ``__fspath__`` could answer differently to the hook and to the ``open``.
+1. **Namespaces** (``bwrap --unshare-user --unshare-pid --unshare-net --unshare-ipc --unshare-uts
+   --unshare-cgroup-try --disable-userns``): a new user namespace in which the child is uid/gid
+   65534 with no capabilities (also when the trainer is root), its own pid namespace (it sees and
+   can signal only its own processes; ``kill(-1)`` reaches nothing outside), a network namespace
+   with only a down loopback (no network at all), private SysV IPC, hostname and cgroup view, and
+   no further user namespaces. ``--die-with-parent`` (the sandbox is SIGKILLed when the trainer
+   dies), ``--new-session`` (no terminal to inject keystrokes into), ``--clearenv`` plus the minimal
+   environment of layer 6.
+2. **A file system of its own** (a mount namespace on an empty root, remounted read-only): only the
+   Python installation (the interpreter, its ``sys.prefix``/``base_prefix`` and standard library
+   folders, ``LIBDIR``) and the system library folders (``/usr/lib``, ``/usr/lib64``, ``/lib*``,
+   ``/etc/ld.so.cache``) bound read-only, ``sandbox_child.py`` bound read-only, a fresh ``/proc`` of
+   the new pid namespace (never the host's; its host-global writable parts ``/proc/sys``,
+   ``/proc/pressure``, ... are covered by read-only empty folders), a minimal read-only ``/dev``
+   (null, zero, full, random, urandom, tty, a private pts). The only writable place is the working
+   folder, a fresh tmpfs of ``max_disk_bytes`` (cwd, ``HOME``, ``TMPDIR``; the program is its
+   ``main.py``), gone with the sandbox. No other host file (``/etc``, ``/home``, ``/tmp``, the
+   repository, the trainer's run folders) exists inside.
+3. **seccomp** (``bwrap --seccomp``; x86_64 and aarch64): a BPF filter returns ``EPERM`` for
+   process creation (``fork``, ``vfork``, ``clone`` without ``CLONE_THREAD`` or with a namespace
+   flag; ``clone3`` answers ``ENOSYS`` so that threads fall back to ``clone``), ``mknod``/
+   ``mknodat``, ``mount`` and the new mount API, ``umount2``, ``pivot_root``, ``chroot``,
+   ``unshare``, ``setns``, ``ptrace``, ``process_vm_readv/writev``, ``keyctl``/``add_key``/
+   ``request_key``, ``bpf``, ``perf_event_open``, ``userfaultfd``, ``io_uring_*``, module and kexec
+   loading, ``open_by_handle_at``, ``swapon``/``swapoff``, ``reboot``, ``acct``, ``quotactl``,
+   ``syslog``, ``personality``, ``kcmp``, ``pidfd_getfd``, clock setting, host/domain names, and
+   kills the process for any other ABI (x32, 32-bit). It is optional: where it cannot be loaded the
+   run goes on without it and ``isolation_report()["seccomp"]`` is ``False``.
+4. **Resource limits** (``setrlimit`` in the child, soft = hard, before any user code):
+   ``RLIMIT_CPU`` (``cpu_s`` rounded up; ``SIGXCPU`` then ``SIGKILL`` a second later),
+   ``RLIMIT_AS`` (``memory_mb``), ``RLIMIT_FSIZE`` (``max_file_bytes``), ``RLIMIT_NOFILE``,
+   ``RLIMIT_CORE = 0``, ``RLIMIT_NPROC`` (``max_processes``, counted in the sandbox's own user
+   namespace) where the kernel enforces it, i.e. when the trainer is not root: a root trainer's
+   children are uid 0 to the host kernel, which exempts them, so there seccomp alone stops process
+   creation and ``RLIMIT_AS`` bounds the number of threads. The tmpfs size bounds the disk.
+5. **Wall clock**: ``wall_s``, measured by the parent, which SIGKILLs bubblewrap's process group
+   (the pid namespace dies with it); a watchdog thread in the child ends it 2 s later still
+   (``_WATCHDOG_GRACE_S``) if the parent could not.
+6. **Minimal environment**: ``PATH=/usr/bin:/bin``, ``HOME``/``TMPDIR`` = the working folder,
+   ``LANG``/``LC_ALL=C.UTF-8``, ``MALLOC_ARENA_MAX=2`` (glibc would reserve 64 MiB of address space
+   per thread under ``RLIMIT_AS``), ``LD_LIBRARY_PATH`` when the parent has one; bubblewrap itself
+   (pid 1 in the sandbox, whose ``/proc/1/environ`` the child can read) gets only ``PATH`` and
+   ``LANG``. Nothing of the parent's environment (tokens, keys) reaches the sandbox.
+7. **The audit hook** (:mod:`redone_fast.rewards.sandbox_child`), the same as under the weak
+   isolation (below): a second layer.
+8. **Parent side**: stdout/stderr are each read up to ``max_output_bytes`` (more kills the
+   program: ``reason="output_limit"``), so output floods cannot exhaust the trainer's memory.
 
-   The hook is written so that the program cannot change its decisions: it looks
-   up no global or builtin names at run time (everything it uses is bound in its
-   closure at install time and is immutable: ``str``, tuples, frozensets,
-   builtin functions, a monotonic ``itertools.count``), calls nothing the program
-   can override (exact type checks, ``str.__str__``/``bytes.decode`` on
-   subclasses), and the hook function itself is referenced from nowhere the
-   program can reach (``gc`` introspection and tracing are blocked).
+Layers under the **weak** isolation: 1. a separate interpreter (``sys.executable -I -S -B``) in its
+own session, every parent fd closed, the process group SIGKILLed after the run; 2.-3. the rlimits
+and wall clock above (``RLIMIT_NPROC`` where enforceable: counted per user namespace on Linux >=
+5.14, else the uid's current task count + ``max_processes``; a real-root child is exempt); 4. a
+``mkdtemp`` working folder (0700) on the host, deleted afterwards; 5. the minimal environment; 6. when
+available, ``unshare --user --map-root-user --net`` (no network) and, for a root trainer, uid 65534
+(if the interpreter is usable by that uid: it is not when Python lives under a 0700 ``/root``, and
+then the child is real root); 7. the audit hook; 8. the parent-side output caps.
 
-8. **Parent side**: stdout and stderr are each read up to ``max_output_bytes``
-   (the rest is never buffered: the program is killed, ``reason =
-   "output_limit"``), so a flood of output cannot exhaust the parent's memory.
-   (A program that retries a refused operation in a loop floods stderr with
-   ``[sandbox] blocked`` lines and is stopped this way.)
+**The audit hook** (installed before the user code is compiled; Python offers no way to remove one)
+raises ``PermissionError`` (``ModuleNotFoundError`` for imports) and writes a ``[sandbox] blocked
+...`` line to stderr for:
 
-What remains (known gaps; an audit hook is *not* a security boundary):
+* process creation and signals (``os.system``, ``os.exec*``, ``os.fork``, ``os.forkpty``,
+  ``os.posix_spawn*``, ``subprocess.Popen``, ``os.kill``, ``os.killpg``). Functions that have no
+  audit event are removed before the user code runs: ``os.mknod``, ``os.mkfifo``, ``os.chroot``,
+  ``os.unshare``, ``os.setns``, ``os.pidfd_open``, ``signal.pidfd_send_signal``,
+  ``os.setpriority``, ``os.sched_set*`` are deleted, ``_posixsubprocess.fork_exec``,
+  ``_imp.create_builtin`` and ``_imp.get_frozen_object`` become refusals (every allowed builtin and
+  frozen module is imported first, so none can be re-created whole);
+* networking: every ``socket.*`` event (connect, bind, sendto, name resolution, any socket but
+  ``AF_UNIX``) and the ``urllib``/``http``/``ftplib``/... events;
+* native code and interpreter internals: importing ``ctypes``, ``_posixsubprocess``,
+  sub-interpreters, ``_test*``/``xx*``, ``_sqlite3``, ``_ssl``, ``pwd``/``grp``, ...; loading an
+  extension module from outside the standard library; ``code.__new__``/``code.replace`` (hand-made
+  bytecode; only ``types.coroutine`` is let through); ``marshal.load``; ``marshal.loads`` except from
+  the import system's ``_compile_bytecode`` on immutable bytes equal, byte for byte, to a ``.pyc``
+  file of the read-only standard library (so a custom loader, a patched ``cache_from_source`` or
+  patched builtins cannot feed it forged bytecode); ``sys.addaudithook``, ``sys.settrace``/
+  ``setprofile``, ``sys._current_frames``, ``gc.get_objects``/``get_referrers``/``get_referents``,
+  ``resource.setrlimit``/``prlimit``;
+* files: writing, creating, removing, renaming, ``chmod``/``chown``/``utime``/``truncate``/xattrs
+  outside the working folder; reading or listing outside it except the standard library (not its
+  ``site-packages``) and ``/dev/{null,zero,urandom,random,stdin,stdout,stderr}``; opening devices or
+  FIFOs; all ``os.symlink``/``os.link``; ``os.chdir`` elsewhere; more than ``max_files`` new
+  files/folders. Paths are resolved like the kernel does (``..``, symlinks), and only exact
+  ``str``/``bytes`` (or subclasses, read through their data) and int fds are accepted as paths
+  (``open(pathlib.Path(...))`` is refused: an arbitrary ``__fspath__`` could answer differently to
+  the hook and to ``open``).
 
-* The audit hook runs in the attacked process. Memory corruption defeats it:
-  crafted bytecode fed through the import system's internals to
-  ``marshal.loads`` (e.g. calling ``importlib._bootstrap_external``'s private
-  loader functions with forged data), or a CPython crash bug. Without a user or
-  network namespace, such code has the uid's full rights: network (unless the
-  namespace layer is active), files the uid can read/write, and it could signal
-  processes of the same uid, including the parent.
-* ``os.stat``/``lstat``/``access``/``readlink`` have no audit event: the program
-  can probe which paths exist anywhere and read symlink targets (e.g.
-  ``/proc/self/ns/net``), not file contents. libc reads some files by itself
-  (``/etc/localtime``).
-* Races: another thread of the program can swap a path component between the
-  hook's check and the real ``open`` (inside the folder only renames of the
-  program's own files are possible, symlinks cannot be created).
-* Disk usage is only bounded by ``max_files`` x ``max_file_bytes`` (no quota);
-  ``RLIMIT_CPU`` has one-second granularity; ``RLIMIT_AS`` counts address
-  space, not RSS. Processes that escaped the process group (impossible without
-  ``fork``) would not be killed. Without the namespace layer nothing but the hook
-  stops the network.
-* On Python >= 3.13, ``frame.f_locals`` writes through to live frames (PEP 667):
-  a finaliser that runs while the hook is active could rewrite the hook's
-  variables for that call. Written for and tested on CPython 3.11 (audit events
-  are version-specific; 3.10 and 3.12 are expected to behave the same).
-* The stdlib only: ``numpy`` & co. are not importable (``-S``, and
-  ``site-packages`` is unreadable to the program).
-* No seccomp filter, cgroup, chroot or mount namespace is used (none is
-  guaranteed to be available without root).
+The hook cannot be changed by the program: it looks up no global or builtin name, calls nothing
+the program can override, and is referenced from nowhere the program can reach (see
+``sandbox_child.py``).
+
+What remains (known gaps):
+
+* Under bubblewrap, a root trainer's child is uid 0 *outside* its user namespace (bubblewrap maps
+  the sandbox uid to its caller's): it has no capabilities, sees only read-only host files, but is
+  exempt from ``RLIMIT_NPROC`` (seccomp stops new processes; threads are bounded by ``RLIMIT_AS``
+  only). Run the trainer as a non-root user for the full set. Exit statuses above 128 are
+  indistinguishable from a death by signal (bubblewrap reports both as 128+N): they are reported as
+  the signal.
+* The tmpfs bounds bytes, not inodes: creating files is bounded by ``max_files`` (the hook) and the
+  CPU limit, and they vanish with the sandbox.
+* Under the weak isolation the hook is all there is: memory corruption (a CPython crash bug)
+  defeats it, and the program then has the uid's rights (files it can read/write, signals to the
+  same uid, the network unless the namespace layer is active). ``os.stat``/``access``/``readlink``
+  have no audit event (the program can probe which paths exist); races between another thread's
+  rename and a check are possible inside the folder.
+* ``RLIMIT_CPU`` has one-second granularity; ``RLIMIT_AS`` counts address space, not RSS.
+* On Python >= 3.13, ``frame.f_locals`` writes through to live frames (PEP 667): a finaliser that
+  runs while the hook is active could rewrite the hook's variables for that call. Written for and
+  tested on CPython 3.11 and 3.12 (audit events are version-specific).
+* The standard library only: ``numpy`` & co. are not importable (``-S``; ``site-packages`` is not
+  mounted/readable).
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 import os
+import secrets
 import selectors
 import shutil
 import signal
 import stat
+import struct
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import threading
 import time
 from dataclasses import dataclass
 
-__all__ = ["SandboxLimits", "SandboxResult", "run_python", "isolation_report"]
+__all__ = ["SandboxLimits", "SandboxResult", "SandboxUnavailableError", "run_python",
+           "isolation_report", "ALLOW_WEAK_ENV"]
 
 log = logging.getLogger(__name__)
 
+ALLOW_WEAK_ENV = "REDONE_SANDBOX_ALLOW_WEAK"  # "1": accept the weak isolation when bwrap is unusable
 NOBODY_UID = 65534
 _CHUNK = 1 << 16
 _WATCHDOG_GRACE_S = 2.0  # the child ends itself this long after wall_s (if the parent could not)
 _SETUP_ERROR_MARK = "[sandbox-setup-error]"
 _BLOCKED_MARK = "[sandbox] blocked"
+CHILD_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbox_child.py")
+_CHILD_IN_JAIL = "/run/redone-sandbox/sandbox_child.py"
+_INSTALL_HINT = ("install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap), or set "
+                 f"{ALLOW_WEAK_ENV}=1 / SandboxLimits(allow_weak_isolation=True) to accept the weak "
+                 "in-process isolation")
+
+
+class SandboxUnavailableError(RuntimeError):
+    """No isolation that the caller accepts is available: bubblewrap is missing or unusable and the
+    weak isolation was not opted into. The message is one line saying why and what to do."""
 
 
 @dataclass(frozen=True)
 class SandboxLimits:
-    """Limits for one sandboxed run (see the module docstring for what each enforces)."""
+    """Limits for one sandboxed run (see the module docstring for what each enforces).
+
+    ``allow_weak_isolation``: run with the weak in-process isolation when bubblewrap cannot be
+    used (also enabled by ``REDONE_SANDBOX_ALLOW_WEAK=1``); otherwise such a run raises
+    :class:`SandboxUnavailableError`. ``bwrap``: the bubblewrap program (default: ``bwrap`` on
+    ``PATH``). ``network_namespace`` and ``drop_privileges`` only matter for the weak isolation:
+    bubblewrap always unshares the network and runs the child as uid 65534.
+    """
 
     cpu_s: float = 2.0  # CPU seconds (RLIMIT_CPU, rounded up to whole seconds)
     wall_s: float = 5.0  # wall-clock seconds, enforced by the parent
@@ -183,8 +193,12 @@ class SandboxLimits:
     max_open_files: int = 64  # RLIMIT_NOFILE
     max_processes: int = 16  # tasks (threads, the watchdog's included) where RLIMIT_NPROC is enforceable
     max_files: int = 64  # files/folders the program may create in its working folder
-    network_namespace: bool = True  # use `unshare --user --net` when it works here
-    drop_privileges: bool = True  # when running as root, run the child as uid 65534 if possible
+    network_namespace: bool = True  # weak isolation: use `unshare --user --net` when it works here
+    drop_privileges: bool = True  # weak isolation: as root, run the child as uid 65534 if possible
+    max_disk_bytes: int = 32 << 20  # bubblewrap: size of the working folder's tmpfs
+    allow_weak_isolation: bool = False  # accept the weak isolation when bubblewrap is unusable
+    seccomp: bool = True  # bubblewrap: load the seccomp filter where the architecture is known
+    bwrap: str | None = None  # path of the bwrap program; None: look it up on PATH
 
     def __post_init__(self) -> None:
         for name in ("cpu_s", "wall_s"):
@@ -192,7 +206,7 @@ class SandboxLimits:
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"SandboxLimits.{name} must be a positive number, got {value!r}")
         for name in ("memory_mb", "max_output_bytes", "max_file_bytes", "max_open_files",
-                     "max_processes", "max_files"):
+                     "max_processes", "max_files", "max_disk_bytes"):
             value = getattr(self, name)
             if not (isinstance(value, int) and value > 0):
                 raise ValueError(f"SandboxLimits.{name} must be a positive int, got {value!r}")
@@ -202,6 +216,8 @@ class SandboxLimits:
             raise ValueError("SandboxLimits.max_open_files must be >= 8 (the interpreter needs a few)")
         if self.memory_mb < 32:
             raise ValueError("SandboxLimits.memory_mb must be >= 32 (the interpreter needs ~20 MiB)")
+        if self.bwrap is not None and not isinstance(self.bwrap, str):
+            raise ValueError(f"SandboxLimits.bwrap must be a path or None, got {self.bwrap!r}")
 
 
 @dataclass(frozen=True)
@@ -216,10 +232,11 @@ class SandboxResult:
     operation), ``"memory_limit"`` (non-zero status after a ``MemoryError``),
     ``"timeout"``, ``"cpu_limit"``, ``"output_limit"`` (output truncated to the cap),
     ``"file_size_limit"`` (a write beyond ``max_file_bytes`` failed with ``EFBIG``: Python
-    ignores ``SIGXFSZ``), ``"signal:<NAME>"``, ``"sandbox_error"``. The ``"blocked"``,
-    ``"memory_limit"`` and ``"file_size_limit"`` exits are recognised from stderr, which the
-    program controls: they are diagnostics, not verdicts.
-    ``seconds``: wall-clock time of the run.
+    ignores ``SIGXFSZ``), ``"disk_limit"`` (a write failed with ``ENOSPC``: the working folder's
+    tmpfs is full), ``"signal:<NAME>"``, ``"sandbox_error"``. The ``"blocked"``,
+    ``"memory_limit"``, ``"file_size_limit"`` and ``"disk_limit"`` exits are recognised from stderr,
+    which the program controls: they are diagnostics, not verdicts.
+    ``seconds``: wall-clock time of the run. ``isolation``: ``"bubblewrap"`` or ``"weak"``.
     """
 
     stdout: str
@@ -229,350 +246,447 @@ class SandboxResult:
     killed: bool
     reason: str | None
     seconds: float
+    isolation: str | None = None
 
 
 # --------------------------------------------------------------------------------------
-# Child side: this function's source is sent to the child interpreter with ``-c``. It must
-# be self-contained (imports inside, no module globals): it runs under ``python -I -S``.
+# Shared by both isolations
 # --------------------------------------------------------------------------------------
-def _child_main():  # pragma: no cover - runs in the sandboxed interpreter
-    import builtins
-    import itertools
-    import posix
-    import resource
-    import sys
+def _child_env(workdir: str) -> dict[str, str]:
+    """The whole environment the sandboxed program gets."""
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": workdir,
+        "TMPDIR": workdir,
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        # glibc reserves 64 MiB of address space per malloc arena (one per thread): with
+        # RLIMIT_AS, threads would run out of address space long before memory.
+        "MALLOC_ARENA_MAX": "2",
+    }
+    if os.environ.get("LD_LIBRARY_PATH"):  # some Python builds need it to start
+        env["LD_LIBRARY_PATH"] = os.environ["LD_LIBRARY_PATH"]
+    return env
 
-    argv = sys.argv
-    workdir = argv[1]
-    cpu_soft, cpu_hard, mem, fsize, nofile, nproc, max_files = [int(x) for x in argv[2:9]]
-    watchdog_s = float(argv[9])
 
-    def set_limit(which, soft, hard):
-        cur_soft, cur_hard = resource.getrlimit(which)
-        if cur_hard != resource.RLIM_INFINITY:
-            hard = min(hard, cur_hard)
-            soft = min(soft, hard)
-        resource.setrlimit(which, (soft, hard))
+def _child_args(workdir: str, limits: SandboxLimits, nproc: int) -> list[str]:
+    """sandbox_child.py's arguments (see its parse_args)."""
+    cpu_soft = _cpu_soft(limits)
+    return [workdir, str(cpu_soft), str(cpu_soft + 1), str(limits.memory_mb << 20),
+            str(limits.max_file_bytes), str(limits.max_open_files), str(nproc),
+            str(limits.max_files), repr(limits.wall_s + _WATCHDOG_GRACE_S)]
 
-    try:
-        set_limit(resource.RLIMIT_CORE, 0, 0)
-        set_limit(resource.RLIMIT_CPU, cpu_soft, cpu_hard)
-        set_limit(resource.RLIMIT_AS, mem, mem)
-        set_limit(resource.RLIMIT_FSIZE, fsize, fsize)
-        set_limit(resource.RLIMIT_NOFILE, nofile, nofile)
-        if nproc > 0:
-            set_limit(resource.RLIMIT_NPROC, nproc, nproc)
-    except (OSError, ValueError) as exc:
-        posix.write(2, ("[sandbox-setup-error] setrlimit: %r\n" % (exc,)).encode())
-        posix._exit(125)
 
-    # Wall-clock limit that holds even if the parent dies (killed, interrupted): the program is
-    # in its own session, so nothing else would stop a sleeping one. A small-stack thread.
-    import _thread
-    import time
+def _cpu_soft(limits: SandboxLimits) -> int:
+    return max(1, math.ceil(limits.cpu_s))
 
-    def watchdog(sleep=time.sleep, exit_=posix._exit, seconds=watchdog_s):
-        sleep(seconds)
-        exit_(137)
 
-    _thread.stack_size(1 << 18)
-    _thread.start_new_thread(watchdog, ())
-    _thread.stack_size(0)
+_INTERPRETER_FLAGS = ["-I", "-S", "-B", "-X", "utf8", "-X", "int_max_str_digits=0"]
 
-    import _imp
-    import _signal
-    import os
+_probe_lock = threading.Lock()
 
-    import _frozen_importlib_external as bootstrap_external
 
-    blocked_modules = frozenset((
-        "ctypes", "_ctypes", "_posixsubprocess", "posix", "_signal", "_imp", "_sqlite3", "sqlite3",
-        "_dbm", "_gdbm", "readline", "_ssl", "_multiprocessing", "_posixshmem", "syslog",
-        "_tkinter", "pwd", "grp", "spwd", "nis", "ossaudiodev", "_xxsubinterpreters",
-        "_xxinterpchannels", "_interpreters", "_interpchannels", "_interpqueues",
-    ))
-    blocked_module_prefix = ("_test", "_xx", "xx", "_ctypes")
+def _reset_probe_lock_in_child() -> None:  # a fork while another thread probes must not deadlock
+    global _probe_lock
+    _probe_lock = threading.Lock()
 
-    # Process creation without an audit event: replace it before the user code runs (a stub,
-    # not a deletion, so that `import subprocess` still works).
-    def fork_exec(*args, **kwargs):
-        raise PermissionError("[sandbox] blocked _posixsubprocess.fork_exec")
 
-    try:
-        import _posixsubprocess
-        _posixsubprocess.fork_exec = fork_exec
-    except ImportError:
-        pass
-    # Acting on other processes without an audit event (signals through a pidfd, scheduling).
-    for name in ("pidfd_open", "setpriority", "sched_setaffinity", "sched_setscheduler",
-                 "sched_setparam"):
-        posix.__dict__.pop(name, None)
-        os.__dict__.pop(name, None)
-    _signal.__dict__.pop("pidfd_send_signal", None)
+os.register_at_fork(after_in_child=_reset_probe_lock_in_child)
 
-    # `_imp.create_builtin` makes a fresh copy of a builtin module (e.g. `posix` with the
-    # functions removed above, or `_posixsubprocess` where it is builtin) without an audit
-    # event. Import every allowed builtin module now, then replace it with a refusal.
-    for name in sys.builtin_module_names:
-        if (name not in sys.modules and name not in blocked_modules
-                and not name.startswith(blocked_module_prefix)):
+
+def _weak_allowed(limits: SandboxLimits) -> bool:
+    """The caller accepts the weak isolation (the field, or REDONE_SANDBOX_ALLOW_WEAK=1/true/yes)."""
+    env = os.environ.get(ALLOW_WEAK_ENV, "").strip().lower()
+    return bool(limits.allow_weak_isolation or env in ("1", "true", "yes"))
+
+
+# --------------------------------------------------------------------------------------
+# bubblewrap
+# --------------------------------------------------------------------------------------
+# seccomp: syscalls answered with EPERM, by architecture (numbers from the kernel's unistd tables;
+# tests/test_sandbox_attacks.py checks them against the system headers where those are installed).
+_AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
+_DENIED_SYSCALLS = {
+    "x86_64": {
+        "fork": 57, "vfork": 58, "mknod": 133, "mknodat": 259, "mount": 165, "umount2": 166,
+        "pivot_root": 155, "chroot": 161, "unshare": 272, "setns": 308, "ptrace": 101,
+        "process_vm_readv": 310, "process_vm_writev": 311, "keyctl": 250, "add_key": 248,
+        "request_key": 249, "bpf": 321, "perf_event_open": 298, "userfaultfd": 323,
+        "kexec_load": 246, "kexec_file_load": 320, "init_module": 175, "finit_module": 313,
+        "delete_module": 176, "open_by_handle_at": 304, "name_to_handle_at": 303, "swapon": 167,
+        "swapoff": 168, "reboot": 169, "acct": 163, "quotactl": 179, "quotactl_fd": 443,
+        "syslog": 103, "personality": 135, "io_uring_setup": 425, "io_uring_enter": 426,
+        "io_uring_register": 427, "fsopen": 430, "fsconfig": 431, "fsmount": 432, "fspick": 433,
+        "open_tree": 428, "move_mount": 429, "mount_setattr": 442, "iopl": 172, "ioperm": 173,
+        "uselib": 134, "kcmp": 312, "pidfd_getfd": 438, "settimeofday": 164, "clock_settime": 227,
+        "clock_adjtime": 305, "adjtimex": 159, "sethostname": 170, "setdomainname": 171,
+        "lookup_dcookie": 212,
+    },
+    "aarch64": {
+        "mknodat": 33, "mount": 40, "umount2": 39, "pivot_root": 41, "chroot": 51, "unshare": 97,
+        "setns": 268, "ptrace": 117, "process_vm_readv": 270, "process_vm_writev": 271,
+        "keyctl": 219, "add_key": 217, "request_key": 218, "bpf": 280, "perf_event_open": 241,
+        "userfaultfd": 282, "kexec_load": 104, "kexec_file_load": 294, "init_module": 105,
+        "finit_module": 273, "delete_module": 106, "open_by_handle_at": 265,
+        "name_to_handle_at": 264, "swapon": 224, "swapoff": 225, "reboot": 142, "acct": 89,
+        "quotactl": 60, "quotactl_fd": 443, "syslog": 116, "personality": 92,
+        "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427, "fsopen": 430,
+        "fsconfig": 431, "fsmount": 432, "fspick": 433, "open_tree": 428, "move_mount": 429,
+        "mount_setattr": 442, "kcmp": 272, "pidfd_getfd": 438, "settimeofday": 170,
+        "clock_settime": 112, "clock_adjtime": 266, "adjtimex": 171, "sethostname": 161,
+        "setdomainname": 162, "lookup_dcookie": 18,
+    },
+}
+_CLONE = {"x86_64": 56, "aarch64": 220}
+_CLONE3 = 435  # the same number on every architecture
+_CLONE_THREAD = 0x00010000
+# CLONE_NEWNS | NEWCGROUP | NEWUTS | NEWIPC | NEWUSER | NEWPID | NEWNET
+_CLONE_NAMESPACES = 0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000 | 0x40000000
+# Classic BPF opcodes and seccomp return values (linux/filter.h, linux/seccomp.h).
+_BPF_LD_W_ABS, _BPF_JEQ_K, _BPF_JGE_K, _BPF_JSET_K, _BPF_RET_K = 0x20, 0x15, 0x35, 0x45, 0x06
+_RET_ALLOW, _RET_KILL_PROCESS = 0x7FFF0000, 0x80000000
+_RET_EPERM, _RET_ENOSYS = 0x00050000 | 1, 0x00050000 | 38
+_X32_BIT = 0x40000000
+
+
+def _bpf(code: int, jt: int, jf: int, k: int) -> bytes:
+    return struct.pack("=HBBI", code, jt, jf, k)  # struct sock_filter
+
+
+def seccomp_filter(machine: str | None = None) -> bytes | None:
+    """The sandbox's seccomp program (a ``struct sock_filter`` array) for ``machine``
+    (``os.uname().machine`` by default), or ``None`` for an architecture without a syscall table here.
+
+    Layout: wrong ABI -> kill; each denied syscall -> EPERM; clone3 -> ENOSYS (glibc then uses
+    clone); clone -> EPERM unless it makes a thread without new namespaces; anything else -> allow.
+    """
+    machine = machine or os.uname().machine
+    if machine not in _AUDIT_ARCH:
+        return None
+    prog = [_bpf(_BPF_LD_W_ABS, 0, 0, 4),  # seccomp_data.arch
+            _bpf(_BPF_JEQ_K, 1, 0, _AUDIT_ARCH[machine]),
+            _bpf(_BPF_RET_K, 0, 0, _RET_KILL_PROCESS),
+            _bpf(_BPF_LD_W_ABS, 0, 0, 0)]  # seccomp_data.nr
+    if machine == "x86_64":  # the x32 ABI shares the architecture value: numbers with bit 30 set
+        prog += [_bpf(_BPF_JGE_K, 0, 1, _X32_BIT), _bpf(_BPF_RET_K, 0, 0, _RET_KILL_PROCESS)]
+    for nr in sorted(set(_DENIED_SYSCALLS[machine].values())):
+        prog += [_bpf(_BPF_JEQ_K, 0, 1, nr), _bpf(_BPF_RET_K, 0, 0, _RET_EPERM)]
+    prog += [_bpf(_BPF_JEQ_K, 0, 1, _CLONE3), _bpf(_BPF_RET_K, 0, 0, _RET_ENOSYS)]
+    prog += [_bpf(_BPF_JEQ_K, 0, 5, _CLONE[machine]),
+             _bpf(_BPF_LD_W_ABS, 0, 0, 16),  # low 32 bits of args[0] (the flags; little-endian)
+             _bpf(_BPF_JSET_K, 2, 0, _CLONE_NAMESPACES),  # -> EPERM
+             _bpf(_BPF_JSET_K, 0, 1, _CLONE_THREAD),  # thread -> allow, else -> EPERM
+             _bpf(_BPF_RET_K, 0, 0, _RET_ALLOW),
+             _bpf(_BPF_RET_K, 0, 0, _RET_EPERM)]
+    prog.append(_bpf(_BPF_RET_K, 0, 0, _RET_ALLOW))
+    return b"".join(prog)
+
+
+def _interpreter() -> str:
+    """The real interpreter (a venv's python is a link to it; its venv is not needed with -I -S)."""
+    return os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
+
+
+def _is_within(path: str, folders: list[str]) -> bool:
+    return any(path == f or path.startswith(f.rstrip("/") + "/") for f in folders)
+
+
+_python_folders_cache: list[list[str]] = []
+
+
+def _python_folders() -> list[str]:
+    """Host folders of the Python installation the child needs, outermost only (cached).
+
+    Asked of the interpreter itself, started as the child will be (``-I -S``): its prefixes and
+    sys.path (the standard library, never the trainer's site-packages or working folder), plus
+    the interpreter's own folder and LIBDIR (libpython).
+    """
+    if _python_folders_cache:
+        return _python_folders_cache[0]
+    interpreter = _interpreter()
+    proc = subprocess.run([interpreter, "-I", "-S", "-c",
+                           "import sys; print(sys.prefix, sys.exec_prefix, *sys.path, sep='\\n')"],
+                          env={"PATH": "/usr/bin:/bin"}, stdin=subprocess.DEVNULL, capture_output=True,
+                          text=True, timeout=30, check=True)
+    candidates = proc.stdout.splitlines()
+    candidates += [os.path.dirname(interpreter), sysconfig.get_config_var("LIBDIR") or ""]
+    real = sorted({os.path.realpath(c) for c in candidates if c and os.path.isdir(c)}, key=len)
+    folders: list[str] = []
+    for path in real:
+        if path != "/" and not _is_within(path, folders):
+            folders.append(path)
+    _python_folders_cache.append(folders)
+    return folders
+
+
+_SYSTEM_LIB_FOLDERS = ("/usr/lib", "/usr/lib64", "/lib", "/lib64", "/usr/lib32", "/lib32")
+# Host-global parts of procfs that a uid-0-mapped child could write (or has no use for).
+_PROC_COVERS = ("sys", "pressure", "fs", "acpi", "driver", "scsi", "irq", "bus", "tty", "sysvipc")
+
+
+def _mount_args(workdir: str, tmpfs_bytes: int) -> list[str]:
+    """bwrap's file system options: read-only Python and system libraries, fresh /proc and /dev,
+    the working folder's tmpfs, then the root remounted read-only."""
+    args: list[str] = []
+    for path in _SYSTEM_LIB_FOLDERS:
+        if os.path.islink(path):  # merged /usr: /lib -> usr/lib
+            args += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            args += ["--ro-bind", path, path]
+    args += ["--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache"]
+    for folder in _python_folders():
+        args += ["--ro-bind", folder, folder]
+    args += ["--ro-bind", CHILD_PATH, _CHILD_IN_JAIL]
+    args += ["--proc", "/proc"]
+    for name in _PROC_COVERS:
+        if os.path.isdir(f"/proc/{name}"):
+            args += ["--tmpfs", f"/proc/{name}", "--remount-ro", f"/proc/{name}"]
+    args += ["--dev", "/dev", "--remount-ro", "/dev"]
+    args += ["--size", str(tmpfs_bytes), "--perms", "0700", "--tmpfs", workdir]
+    return args
+
+
+def _namespace_args(disable_userns: bool) -> list[str]:
+    args = ["--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
+            "--unshare-cgroup-try"]
+    if disable_userns:
+        args.append("--disable-userns")
+    return args + ["--uid", str(NOBODY_UID), "--gid", str(NOBODY_UID), "--hostname", "sandbox"]
+
+
+def _env_args(env: dict[str, str]) -> list[str]:
+    args = ["--clearenv"]
+    for key, value in env.items():
+        args += ["--setenv", key, value]
+    return args
+
+
+def _bwrap_env() -> dict[str, str]:
+    """bubblewrap's own environment: it is pid 1 in the sandbox, and /proc/1/environ is readable."""
+    return {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
+
+
+def _sandbox_workdir() -> str:
+    """A fresh path for the working folder inside the sandbox (nothing is created on the host).
+
+    Named like a host temporary folder, so that the program sees an ordinary absolute path and
+    processes can be told apart by it; /tmp when the temporary folder lies in a read-only bind.
+    """
+    base = os.path.realpath(tempfile.gettempdir())
+    if _is_within(base, _python_folders() + list(_SYSTEM_LIB_FOLDERS)) or base == "/":
+        base = "/tmp"
+    return os.path.join(base, "rf-sandbox-" + secrets.token_hex(6))
+
+
+@dataclass(frozen=True)
+class _Jail:
+    """How bubblewrap works on this machine (probed once, see _probe_bubblewrap)."""
+
+    bwrap: str
+    disable_userns: bool  # bwrap >= 0.8 and the kernel allow --disable-userns
+    seccomp: bool  # the seccomp filter is loaded
+    namespaces: tuple[str, ...]  # the namespaces the child does not share with the trainer
+    uid: int  # the child's uid in its user namespace
+    outer_uid: int  # what the host kernel sees (bubblewrap maps the child to its caller's uid)
+    nproc: str  # "per-namespace", "host-count" or "exempt" (outer uid 0): how RLIMIT_NPROC counts
+
+
+def _find_bwrap(limits: SandboxLimits) -> str | None:
+    """The bwrap program to use, or None."""
+    if limits.bwrap is not None:
+        path = limits.bwrap
+    else:
+        path = shutil.which("bwrap") or shutil.which("bwrap", path="/usr/bin:/bin:/usr/local/bin")
+    if path and os.path.isfile(path) and os.access(path, os.X_OK):
+        return path
+    return None
+
+
+# Printed by the probe: the child's uid, whether a thread starts under RLIMIT_NPROC = 3 (pid 1,
+# the probe and one thread: it does when the count is per namespace or the uid is exempt), its
+# seccomp mode and its namespaces, to be compared with the trainer's.
+_PROBE_CODE = """
+import os, resource, _thread
+print("uid", os.getuid())
+resource.setrlimit(resource.RLIMIT_NPROC, (3, 3))
+try:
+    _thread.start_new_thread(lambda: None, ())
+    print("nproc fresh")
+except RuntimeError:
+    print("nproc counted")
+for line in open("/proc/self/status"):
+    if line.startswith("Seccomp:"):
+        print("seccomp", line.split()[1])
+for name in ("user", "pid", "net", "ipc", "uts", "mnt", "cgroup"):
+    print("ns", name, os.readlink("/proc/self/ns/" + name))
+"""
+
+_jail_cache: dict[tuple[str, bool], tuple[_Jail | None, str | None]] = {}
+
+
+def _probe_run(bwrap: str, disable_userns: bool, seccomp: bytes | None) -> tuple[dict | None, str]:
+    """Run the probe in a jail built this way: (what it printed, parsed) or (None, why not)."""
+    workdir = _sandbox_workdir()
+    argv = [bwrap, *_namespace_args(disable_userns), "--die-with-parent", "--new-session",
+            *_env_args(_child_env(workdir)), *_mount_args(workdir, 1 << 20), "--remount-ro", "/",
+            "--chdir", workdir]
+    with tempfile.TemporaryFile() as filt:
+        pass_fds: tuple[int, ...] = ()
+        if seccomp is not None:
+            filt.write(seccomp)
+            filt.seek(0)
+            argv += ["--seccomp", str(filt.fileno())]
+            pass_fds = (filt.fileno(),)
+        argv += [_interpreter(), "-I", "-S", "-B", "-c", _PROBE_CODE]
+        try:
+            proc = subprocess.run(argv, env=_bwrap_env(), stdin=subprocess.DEVNULL, capture_output=True,
+                                  timeout=30, pass_fds=pass_fds, start_new_session=True)
+        except (OSError, subprocess.SubprocessError) as exc:
+            return None, f"{bwrap} could not be run: {exc}"
+    if proc.returncode != 0:
+        lines = proc.stderr.decode("utf-8", "replace").strip().splitlines() or [f"exit status {proc.returncode}"]
+        return None, f"{bwrap} does not work here: {lines[-1]}"
+    facts: dict = {"ns": {}}
+    for line in proc.stdout.decode("utf-8", "replace").splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0] == "ns":
+            facts["ns"][parts[1]] = parts[2]
+        elif len(parts) == 2:
+            facts[parts[0]] = parts[1]
+    return facts, ""
+
+
+def _own_namespaces(facts: dict) -> tuple[str, ...]:
+    """The namespaces (in bubblewrap's words: mount, not mnt) the probe did not share with us."""
+    names = []
+    for name, link in facts["ns"].items():
+        try:
+            ours = os.readlink(f"/proc/self/ns/{name}")
+        except OSError:
+            continue
+        if link != ours:
+            names.append("mount" if name == "mnt" else name)
+    return tuple(names)
+
+
+def _probe_bubblewrap(limits: SandboxLimits) -> tuple[_Jail | None, str | None]:
+    """(the jail, None) when bubblewrap works here, else (None, one line saying why); cached."""
+    bwrap = _find_bwrap(limits)
+    if bwrap is None:
+        where = limits.bwrap or "bwrap on PATH"
+        return None, f"bubblewrap not found ({where})"
+    want_seccomp = limits.seccomp and seccomp_filter() is not None
+    key = (bwrap, want_seccomp)
+    with _probe_lock:
+        if key in _jail_cache:
+            return _jail_cache[key]
+        # Strongest first: --disable-userns needs bwrap >= 0.8; seccomp needs a kernel with it.
+        variants = [(True, want_seccomp), (False, want_seccomp)] + ([(False, False)] if want_seccomp else [])
+        why = ""
+        jail = None
+        for disable_userns, use_seccomp in variants:
             try:
-                __import__(name)
-            except Exception:
-                pass
-
-    def create_builtin(spec):
-        raise ModuleNotFoundError("[sandbox] blocked _imp.create_builtin")
-
-    _imp.create_builtin = create_builtin
-
-    realpath = os.path.realpath
-    workdir = realpath(workdir)
-    prefixes = []
-    for entry in sys.path:
-        if isinstance(entry, str) and entry.startswith("/"):
-            real = realpath(entry)
-            if real != "/" and real not in prefixes:
-                prefixes.append(real)
-    excluded = [p + "/" + d for p in prefixes for d in ("site-packages", "dist-packages")]
-    try:
-        marshal_callers = (bootstrap_external._compile_bytecode.__code__,
-                           bootstrap_external.SourceLoader.get_code.__code__)
-    except AttributeError:  # a future CPython: keep imports from .pyc working
-        marshal_callers = ()
-    import types
-    # types.coroutine (used by asyncio) only adds a flag to a compiled function's code object.
-    code_new_callers = (types.coroutine.__code__,)
-    main_path = workdir + "/main.py"
-    with open(main_path, "rb") as f:
-        source = f.read()
-
-    def make_hook(workdir, prefixes, excluded, max_files, marshal_callers, code_new_callers,
-                  blocked_modules, blocked_module_prefix):
-        # Everything the hook uses is bound here, as immutable objects; the hook itself
-        # looks up no global or builtin name (tests check its bytecode).
-        type_, str_, bytes_, int_, issubclass_, len_ = type, str, bytes, int, issubclass, len
-        next_ = next
-        sstr, bdecode, sencode = str.__str__, bytes.decode, str.encode
-        deny_exc, import_exc, oserror = PermissionError, ModuleNotFoundError, OSError
-        lstat, readlink, write, getframe = posix.lstat, posix.readlink, posix.write, sys._getframe
-        created = itertools.count()  # monotonic: reaching it can only make it stricter
-        wd_slash = workdir + "/"
-        ro = tuple((p, p + "/") for p in prefixes)
-        ex = tuple((p, p + "/") for p in excluded)
-        writing = posix.O_CREAT | posix.O_TRUNC | posix.O_APPEND
-        fmt, lnk, reg, dirt = 0o170000, 0o120000, 0o100000, 0o040000
-        special = frozenset(("/dev/stdin", "/dev/stdout", "/dev/stderr", "/dev/fd/0",
-                             "/dev/fd/1", "/dev/fd/2", "/proc/self/fd/0", "/proc/self/fd/1",
-                             "/proc/self/fd/2"))
-        safe_read = frozenset(("/dev/null", "/dev/zero", "/dev/urandom", "/dev/random"))
-        safe_write = frozenset(("/dev/null",))
-        deny = frozenset((
-            "os.system", "os.exec", "os.fork", "os.forkpty", "os.posix_spawn", "os.spawn",
-            "subprocess.Popen", "pty.spawn", "os.kill", "os.killpg", "os.link", "os.symlink",
-            "sys.addaudithook", "sys.settrace", "sys.setprofile", "gc.get_objects",
-            "gc.get_referrers", "gc.get_referents", "resource.setrlimit",
-            "resource.prlimit", "os.startfile", "webbrowser.open", "sys.remote_exec",
-            "_posixsubprocess.fork_exec", "sys.monitoring.register_callback",
-        ))
-        deny_prefix = ("socket.", "ctypes.", "urllib.", "http.", "ftplib.", "smtplib.",
-                       "imaplib.", "poplib.", "nntplib.", "telnetlib.", "sqlite3.", "dbm.",
-                       "syslog.", "winreg.", "msvcrt.")
-        list_events = frozenset(("os.listdir", "os.scandir", "os.getxattr", "os.listxattr"))
-        modify_events = frozenset(("os.remove", "os.rmdir", "os.truncate", "os.chmod",
-                                   "os.chown", "os.utime", "os.setxattr", "os.removexattr"))
-        marshal_events = frozenset(("marshal.loads", "marshal.load"))
-
-        def hook(event, args):
-            if type_(event) is not str_:
-                return  # only sys.audit() from the program itself can pass anything else
-            checks = ()
-            bad = None
-            blocked_import = False
-            if event == "open":
-                flags = args[2] if len_(args) > 2 else None
-                if type_(flags) is not int_:
-                    flags = 1  # unknown: treat as a write
-                mode = "w" if (flags & 3) != 0 or (flags & writing) != 0 else "r"
-                checks = ((args[0], mode),)
-            elif event == "import":
-                name = args[0]
-                if type_(name) is not str_:
-                    name = sstr(name)
-                for part in name.split("."):
-                    if part in blocked_modules or part.startswith(blocked_module_prefix):
-                        bad = name
-                        blocked_import = True
-                        break
-                if bad is None and len_(args) > 1 and args[1] is not None:
-                    checks = ((args[1], "e"),)  # an extension module's file
-            elif event in list_events:
-                checks = ((args[0], "l"),)
-            elif event in modify_events:
-                checks = ((args[0], "x"),)
-            elif event == "os.rename":
-                checks = ((args[0], "x"), (args[1], "x"))
-            elif event == "os.mkdir":
-                checks = ((args[0], "c"),)
-            elif event == "os.chdir":
-                checks = ((args[0], "d"),)
-            elif event in marshal_events:
-                if marshal_callers:
-                    ok = False
-                    frame = getframe(1)
-                    if frame.f_code is marshal_callers[0]:
-                        back = frame.f_back
-                        ok = back is not None and back.f_code is marshal_callers[1]
-                    if not ok:
-                        bad = "marshal outside the import system"
-            elif event == "code.__new__":
-                if getframe(1).f_code is not code_new_callers[0]:
-                    bad = "hand-made code object"
-            elif event == "socket.__new__" and len_(args) > 1 and type_(args[1]) is int_ and args[1] == 1:
-                return  # AF_UNIX sockets (asyncio's self-pipe, socketpair); connect/bind are refused
-            elif event in deny or event.startswith(deny_prefix):
-                bad = ""
-            else:
-                return
-
-            for path, mode in checks:
-                if bad is not None:
-                    break
-                if path is None:
-                    s = workdir  # os.listdir() / os.scandir() of the cwd
-                else:
-                    t = type_(path)
-                    if t is str_:
-                        s = path
-                    elif t is bytes_:
-                        s = bdecode(path, "utf-8", "surrogateescape")
-                    elif issubclass_(t, int_):
-                        if mode == "d" or mode == "e":
-                            bad = "file descriptor"
-                        continue  # an fd the program already opened through this hook
-                    elif issubclass_(t, str_):
-                        s = sstr(path)
-                    elif issubclass_(t, bytes_):
-                        s = bdecode(path, "utf-8", "surrogateescape")
-                    else:
-                        bad = "path object (pass a str)"
-                        continue
-                if (mode == "r" or mode == "w") and s in special:
-                    continue
-                # Resolve like the kernel: relative to the working folder, '..' and symlinks.
-                if not s.startswith("/"):
-                    s = wd_slash + s
-                todo = s.split("/")
-                todo.reverse()
-                out = ""
-                hops = 0
-                while todo:
-                    c = todo.pop()
-                    if c == "" or c == ".":
-                        continue
-                    if c == "..":
-                        out = out[:out.rfind("/")] if out else ""
-                        continue
-                    cand = out + "/" + c
-                    try:
-                        st_mode = lstat(cand).st_mode
-                    except oserror:
-                        out = cand
-                        continue
-                    if (st_mode & fmt) == lnk:
-                        hops += 1
-                        if hops > 40:
-                            bad = "symlink loop"
-                            break
-                        target = readlink(cand)
-                        if target.startswith("/"):
-                            out = ""
-                        parts = target.split("/")
-                        parts.reverse()
-                        todo += parts
-                    else:
-                        out = cand
-                if bad is not None:
-                    break
-                r = out if out else "/"
-                try:
-                    kind = lstat(r).st_mode & fmt
-                except oserror:
-                    kind = -1
-                inside = r == workdir or r.startswith(wd_slash)
-                in_ro = False
-                if not inside and (mode == "r" or mode == "l" or mode == "e"):
-                    for p, ps in ro:
-                        if r == p or r.startswith(ps):
-                            in_ro = True
-                            break
-                    if in_ro:
-                        for p, ps in ex:
-                            if r == p or r.startswith(ps):
-                                in_ro = False
-                                break
-                if mode == "r":
-                    ok = ((inside and (kind == -1 or kind == reg or kind == dirt))
-                          or (in_ro and kind == reg) or r in safe_read)
-                elif mode == "w":
-                    if inside and kind == -1:
-                        ok = next_(created) < max_files
-                    else:
-                        ok = (inside and (kind == reg or kind == dirt)) or r in safe_write
-                elif mode == "l":
-                    ok = inside or in_ro
-                elif mode == "e":
-                    ok = in_ro and kind == reg
-                elif mode == "x":
-                    ok = inside and r != workdir
-                elif mode == "c":
-                    ok = inside and r != workdir and next_(created) < max_files
-                else:  # "d": chdir
-                    ok = r == workdir
-                if not ok:
-                    bad = r
-            if bad is None:
-                return
-            msg = "[sandbox] blocked " + event
-            if bad:
-                msg = msg + " " + bad
-            try:
-                write(2, sencode(msg, "utf-8", "replace")[:500] + b"\n")
-            except oserror:
-                pass
-            if blocked_import:
-                raise import_exc(msg)
-            raise deny_exc(msg)
-
-        return hook
-
-    sys.addaudithook(make_hook(workdir, tuple(prefixes), tuple(excluded), max_files,
-                               marshal_callers, code_new_callers, blocked_modules,
-                               blocked_module_prefix))
-
-    main = type(sys)("__main__")
-    main.__file__ = main_path
-    main.__builtins__ = builtins
-    sys.modules["__main__"] = main
-    sys.argv = [main_path]
-    try:
-        code = compile(source, main_path, "exec", dont_inherit=True)
-        del source
-        exec(code, main.__dict__)
-    except SystemExit:
-        raise
-    except BaseException as exc:  # print the program's traceback without this frame
-        tb = exc.__traceback__
-        tb = tb.tb_next if tb is not None else None
-        sys.excepthook(type(exc), exc.with_traceback(tb), tb)
-        sys.exit(1)
+                facts, why = _probe_run(bwrap, disable_userns, seccomp_filter() if use_seccomp else None)
+            except Exception as exc:  # e.g. the interpreter could not describe itself: no jail
+                facts, why = None, f"bubblewrap probe failed: {exc!r}"
+            if facts is None:
+                continue
+            outer = os.getuid()
+            nproc = "exempt" if outer == 0 else ("per-namespace" if facts.get("nproc") == "fresh" else "host-count")
+            jail = _Jail(bwrap=bwrap, disable_userns=disable_userns,
+                         seccomp=use_seccomp and facts.get("seccomp") == "2",
+                         namespaces=_own_namespaces(facts), uid=int(facts.get("uid", -1)),
+                         outer_uid=outer, nproc=nproc)
+            if "user" not in jail.namespaces or "pid" not in jail.namespaces or "net" not in jail.namespaces:
+                jail, why = None, f"{bwrap} did not create the user, pid and network namespaces"
+                continue
+            break
+        result = (jail, None) if jail is not None else (None, why)
+        _jail_cache[key] = result
+        log.debug("sandbox: bubblewrap probe %s -> %s", key, result)
+        return result
 
 
-_BOOTSTRAP = inspect.getsource(_child_main) + "\n_child_main()\n"
+def _jail_nproc(jail: _Jail, limits: SandboxLimits) -> int:
+    """RLIMIT_NPROC for the child; 0 = not set (the kernel would not enforce it)."""
+    if jail.nproc == "exempt":
+        return 0
+    if jail.nproc == "per-namespace":
+        return limits.max_processes + 1  # bubblewrap's pid 1 counts too
+    return _count_tasks(jail.outer_uid) + limits.max_processes + 1
 
+
+def _bwrap_argv(jail: _Jail, limits: SandboxLimits, workdir: str, *, code_fd: int, status_fd: int,
+                seccomp_fd: int | None, command: list[str]) -> list[str]:
+    """The whole bubblewrap command line for one run (see the module docstring, layers 1-3)."""
+    argv = [jail.bwrap, *_namespace_args(jail.disable_userns), "--die-with-parent", "--new-session",
+            *_env_args(_child_env(workdir)), *_mount_args(workdir, limits.max_disk_bytes),
+            "--perms", "0600", "--file", str(code_fd), workdir + "/main.py",
+            "--remount-ro", "/", "--chdir", workdir, "--json-status-fd", str(status_fd)]
+    if seccomp_fd is not None:
+        argv += ["--seccomp", str(seccomp_fd)]
+    return argv + ["--", *command]
+
+
+def _select_isolation(limits: SandboxLimits) -> tuple[str, _Jail | None]:
+    """("bubblewrap", jail) or ("weak", None); raises SandboxUnavailableError when neither may run."""
+    jail, why = _probe_bubblewrap(limits)
+    if jail is not None:
+        return "bubblewrap", jail
+    if _weak_allowed(limits):
+        _warn_weak_once(why or "")
+        return "weak", None
+    raise SandboxUnavailableError(f"cannot run generated code: {why}; {_INSTALL_HINT}")
+
+
+_warned_weak: set[str] = set()
+
+
+def _warn_weak_once(why: str) -> None:
+    if why not in _warned_weak:
+        _warned_weak.add(why)
+        log.warning("sandbox: %s; running generated code under the WEAK in-process isolation "
+                    "(opted in; the audit hook is not a security boundary)", why)
+
+
+def isolation_report(limits: SandboxLimits | None = None) -> dict:
+    """Which isolation a run with ``limits`` would get on this machine (probing once, cached).
+
+    Keys: ``isolation`` ("bubblewrap", "weak", or "none": runs would raise
+    :class:`SandboxUnavailableError`), ``reason`` (why not bubblewrap; None when it is used),
+    ``bwrap`` (its path or None), ``namespaces`` (those the child does not share with the trainer,
+    e.g. ``["user", "pid", "net", "ipc", "uts", "mount", "cgroup"]``), ``uid`` (the child's uid in its
+    namespace), ``outer_uid`` (its uid to the host kernel), ``seccomp`` (the filter is loaded),
+    ``nproc_limit`` (RLIMIT_NPROC is enforced), and, as before, ``running_as_root``,
+    ``drop_privileges`` (the child is uid 65534) and ``network_namespace`` (it has no network).
+    """
+    limits = limits or SandboxLimits()
+    root = os.geteuid() == 0
+    jail, why = _probe_bubblewrap(limits)
+    report = {"isolation": "none", "reason": why, "bwrap": _find_bwrap(limits), "namespaces": [],
+              "uid": None, "outer_uid": None, "seccomp": False, "nproc_limit": False,
+              "running_as_root": root, "drop_privileges": False, "network_namespace": False}
+    if jail is not None:
+        report.update(isolation="bubblewrap", reason=None, namespaces=list(jail.namespaces),
+                      uid=jail.uid, outer_uid=jail.outer_uid, seccomp=jail.seccomp,
+                      nproc_limit=jail.nproc != "exempt", drop_privileges=jail.uid == NOBODY_UID,
+                      network_namespace="net" in jail.namespaces)
+    elif _weak_allowed(limits):
+        drop = bool(limits.drop_privileges and root and _probe(netns=False, drop=True))
+        netns, per_ns = (_probe_details(netns=True, drop=drop) if limits.network_namespace else (False, False))
+        uid = NOBODY_UID if drop else os.geteuid()
+        report.update(isolation="weak", namespaces=["user", "net"] if netns else [],
+                      uid=0 if netns else uid, outer_uid=uid,
+                      nproc_limit=uid != 0, drop_privileges=drop, network_namespace=netns)
+    return report
+
+
+# --------------------------------------------------------------------------------------
+# The weak isolation's optional OS layers (probed once per process, cached)
+# --------------------------------------------------------------------------------------
 # Writes "ok", plus " nproc" when a thread can still start under RLIMIT_NPROC = 4 (in a user
 # namespace that means the count is per namespace, kernel >= 5.14, or the child is exempt).
-_PROBE_CODE = """
+_WEAK_PROBE_CODE = """
 import resource, sys, _thread
 result = "ok"
 if sys.argv[1] == "nproc":
@@ -585,25 +699,6 @@ if sys.argv[1] == "nproc":
 with open("probe.txt", "w") as f:
     f.write(result)
 """
-
-
-# --------------------------------------------------------------------------------------
-# Parent side
-# --------------------------------------------------------------------------------------
-def _base_env(workdir: str) -> dict[str, str]:
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "HOME": workdir,
-        "TMPDIR": workdir,
-        "LANG": "C.UTF-8",
-        "LC_ALL": "C.UTF-8",
-        # glibc reserves 64 MiB of address space per malloc arena (one per thread): with
-        # RLIMIT_AS, threads would run out of address space long before memory.
-        "MALLOC_ARENA_MAX": "2",
-    }
-    if os.environ.get("LD_LIBRARY_PATH"):
-        env["LD_LIBRARY_PATH"] = os.environ["LD_LIBRARY_PATH"]
-    return env
 
 
 def _unshare_argv() -> list[str] | None:
@@ -619,25 +714,16 @@ def _user_kwargs(drop: bool) -> dict:
     return {"user": NOBODY_UID, "group": NOBODY_UID, "extra_groups": []}
 
 
-_probe_lock = threading.Lock()
 _probe_cache: dict[tuple[bool, bool], tuple[bool, bool]] = {}
 
 
-def _reset_probe_lock_in_child() -> None:  # a fork while another thread probes must not deadlock
-    global _probe_lock
-    _probe_lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_reset_probe_lock_in_child)
-
-
 def _probe(*, netns: bool, drop: bool) -> bool:
-    """Whether a child started this way (namespace wrapper / uid drop) works here."""
+    """Whether a weak-isolation child started this way (namespace wrapper / uid drop) works here."""
     return _probe_details(netns=netns, drop=drop)[0]
 
 
 def _probe_details(*, netns: bool, drop: bool) -> tuple[bool, bool]:
-    """(works, RLIMIT_NPROC counts per user namespace) for children started this way; cached."""
+    """(works, RLIMIT_NPROC counts per user namespace) for weak children started this way; cached."""
     key = (netns, drop)
     with _probe_lock:
         if key in _probe_cache:
@@ -652,9 +738,9 @@ def _probe_details(*, netns: bool, drop: bool) -> tuple[bool, bool]:
             try:
                 if drop:
                     os.chown(workdir, NOBODY_UID, NOBODY_UID)
-                argv = prefix + [sys.executable, "-I", "-S", "-B", "-c", _PROBE_CODE,
+                argv = prefix + [sys.executable, "-I", "-S", "-B", "-c", _WEAK_PROBE_CODE,
                                  "nproc" if netns else "-"]
-                proc = subprocess.run(argv, cwd=workdir, env=_base_env(workdir), stdin=subprocess.DEVNULL,
+                proc = subprocess.run(argv, cwd=workdir, env=_child_env(workdir), stdin=subprocess.DEVNULL,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=30,
                                       start_new_session=True, **_user_kwargs(drop))
                 with open(os.path.join(workdir, "probe.txt")) as f:
@@ -668,14 +754,6 @@ def _probe_details(*, netns: bool, drop: bool) -> tuple[bool, bool]:
         _probe_cache[key] = (ok, nproc_per_ns)
         log.debug("sandbox probe netns=%s drop=%s -> works=%s nproc_per_ns=%s", netns, drop, ok, nproc_per_ns)
         return ok, nproc_per_ns
-
-
-def isolation_report(limits: SandboxLimits | None = None) -> dict[str, bool]:
-    """Which optional OS layers a run with ``limits`` would use on this machine."""
-    limits = limits or SandboxLimits()
-    drop = bool(limits.drop_privileges and os.geteuid() == 0 and _probe(netns=False, drop=True))
-    netns = bool(limits.network_namespace and _probe(netns=True, drop=drop))
-    return {"running_as_root": os.geteuid() == 0, "drop_privileges": drop, "network_namespace": netns}
 
 
 def _count_tasks(uid: int) -> int:
@@ -835,23 +913,155 @@ def _pump(proc: subprocess.Popen, limits: SandboxLimits, deadline: float) -> tup
     return bytes(bufs[out_fd]), bytes(bufs[err_fd]), reason
 
 
+
+# --------------------------------------------------------------------------------------
+# Running
+# --------------------------------------------------------------------------------------
 def run_python(code: str, *, stdin: str = "", limits: SandboxLimits | None = None) -> SandboxResult:
-    """Run ``code`` (Python source) in the sandbox, feeding ``stdin``; see the module docstring."""
+    """Run ``code`` (Python source) in the sandbox, feeding ``stdin``; see the module docstring.
+
+    Never raises because of the program. Raises :class:`SandboxUnavailableError` (before running
+    anything) when bubblewrap cannot be used and the weak isolation was not opted into; TypeError
+    for a non-str ``code``/``stdin``.
+    """
     if not isinstance(code, str):
         raise TypeError(f"code must be str, not {type(code).__name__}")
     if not isinstance(stdin, str):
         raise TypeError(f"stdin must be str, not {type(stdin).__name__}")
     limits = limits or SandboxLimits()
+    isolation, jail = _select_isolation(limits)
     start = time.monotonic()
     try:
-        return _run(code, stdin, limits, start)
+        if jail is not None:
+            return _run_bubblewrap(code, stdin, limits, jail, start)
+        return _run_weak(code, stdin, limits, start)
     except Exception as exc:  # the sandbox's own failure (e.g. no fds left), never the program's
         log.warning("sandbox: run failed: %r", exc)
         return SandboxResult("", f"sandbox error: {exc!r}", None, False, False, "sandbox_error",
-                             time.monotonic() - start)
+                             time.monotonic() - start, isolation)
 
 
-def _run(code: str, stdin: str, limits: SandboxLimits, start: float) -> SandboxResult:
+def _data_file(data: bytes, mode: int = 0o600):
+    """An unlinked temporary file holding ``data``, positioned at its start (for fds to pass on)."""
+    f = tempfile.TemporaryFile()
+    try:
+        f.write(data)
+        f.seek(0)
+        os.fchmod(f.fileno(), mode)
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
+def _supervise(proc: subprocess.Popen, limits: SandboxLimits, deadline: float):
+    """Pump the child's output until it ends (or is killed), then reap it.
+
+    Returns (stdout, stderr, parent_reason, returncode or None, CPU seconds used). Whatever
+    happens, the child is dead and reaped and its pipes are closed when this returns or raises.
+    """
+    try:
+        out, err, parent_reason = _pump(proc, limits, deadline)
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+            returncode = os.waitstatus_to_exitcode(status)
+            cpu_used = usage.ru_utime + usage.ru_stime
+        except ChildProcessError:  # someone else reaped it
+            returncode, cpu_used = None, 0.0
+        proc.returncode = returncode if returncode is not None else -signal.SIGKILL
+        return out, err, parent_reason, returncode, cpu_used
+    finally:
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+        if proc.returncode is None:  # an exception before reaping: make sure it is gone
+            _kill_group(proc.pid)
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:  # pragma: no cover
+                pass
+
+
+def _read_available(fd: int) -> bytes:
+    """What a pipe holds now (its writers are gone or never write again), without blocking."""
+    os.set_blocking(fd, False)
+    data = b""
+    while True:
+        try:
+            chunk = os.read(fd, _CHUNK)
+        except (BlockingIOError, OSError):
+            break
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def _from_bwrap_status(returncode: int | None) -> int | None:
+    """bubblewrap exits with 128+N when the program died of signal N: report that as -N."""
+    if returncode is not None and 128 < returncode < 128 + signal.NSIG:
+        return -(returncode - 128)
+    return returncode
+
+
+def _run_bubblewrap(code: str, stdin: str, limits: SandboxLimits, jail: _Jail, start: float) -> SandboxResult:
+    """One run in the jail. The program, stdin and the seccomp filter travel as unlinked files'
+    fds (bubblewrap copies the program into the tmpfs and closes them all before the child starts);
+    --json-status-fd tells a bubblewrap setup failure (no "child-pid") from the program's own exit."""
+    workdir = _sandbox_workdir()
+    command = [_interpreter(), *_INTERPRETER_FLAGS, _CHILD_IN_JAIL,
+               *_child_args(workdir, limits, _jail_nproc(jail, limits))]
+    files = []
+    status_r = status_w = -1
+    try:
+        code_file = _data_file(code.encode("utf-8", errors="surrogatepass"))
+        files.append(code_file)
+        stdin_file = _data_file(stdin.encode("utf-8", errors="surrogatepass"))
+        files.append(stdin_file)
+        seccomp_fd = None
+        if jail.seccomp:
+            seccomp_file = _data_file(seccomp_filter() or b"")
+            files.append(seccomp_file)
+            seccomp_fd = seccomp_file.fileno()
+        status_r, status_w = os.pipe()
+        argv = _bwrap_argv(jail, limits, workdir, code_fd=code_file.fileno(), status_fd=status_w,
+                           seccomp_fd=seccomp_fd, command=command)
+        pass_fds = tuple(fd for fd in (code_file.fileno(), seccomp_fd, status_w) if fd is not None)
+        deadline = time.monotonic() + limits.wall_s
+        proc = subprocess.Popen(argv, stdin=stdin_file, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env=_bwrap_env(), close_fds=True, pass_fds=pass_fds,
+                                start_new_session=True)
+        os.close(status_w)
+        status_w = -1
+        out, err, parent_reason, returncode, cpu_used = _supervise(proc, limits, deadline)
+        started = b'"child-pid"' in _read_available(status_r)
+    finally:
+        for fd in (status_r, status_w):
+            if fd >= 0:
+                os.close(fd)
+        for f in files:
+            f.close()
+    if not started and parent_reason is None:  # bubblewrap failed before starting the program
+        returncode = None
+    else:
+        returncode = _from_bwrap_status(returncode)
+    return _classify(out, err, returncode, parent_reason, cpu_used, _cpu_soft(limits),
+                     time.monotonic() - start, "bubblewrap")
+
+
+_child_source_cache: list[str] = []
+
+
+def _child_source() -> str:
+    """sandbox_child.py's source, for ``python -c`` (uid 65534 may not be able to read the file)."""
+    if not _child_source_cache:
+        with open(CHILD_PATH, encoding="utf-8") as f:
+            _child_source_cache.append(f.read())
+    return _child_source_cache[0]
+
+
+def _run_weak(code: str, stdin: str, limits: SandboxLimits, start: float) -> SandboxResult:
+    """One run under the weak isolation: a host working folder, the optional unshare/uid layers."""
     euid = os.geteuid()
     drop = bool(limits.drop_privileges and euid == 0 and _probe(netns=False, drop=True))
     netns, nproc_per_ns = (_probe_details(netns=True, drop=drop) if limits.network_namespace
@@ -863,10 +1073,8 @@ def _run(code: str, stdin: str, limits: SandboxLimits, start: float) -> SandboxR
     else:
         nproc = 0  # real root is exempt from RLIMIT_NPROC: not set
 
-    cpu_soft = max(1, math.ceil(limits.cpu_s))
     workdir = os.path.realpath(tempfile.mkdtemp(prefix="rf-sandbox-"))
     stdin_file = None
-    proc = None
     try:
         main_path = os.path.join(workdir, "main.py")
         with open(main_path, "w", encoding="utf-8", errors="surrogatepass") as f:
@@ -874,48 +1082,29 @@ def _run(code: str, stdin: str, limits: SandboxLimits, start: float) -> SandboxR
         if drop:
             os.chown(workdir, NOBODY_UID, NOBODY_UID)
             os.chown(main_path, NOBODY_UID, NOBODY_UID)
-        stdin_file = tempfile.TemporaryFile()
-        stdin_file.write(stdin.encode("utf-8", errors="surrogatepass"))
-        stdin_file.seek(0)
-        os.fchmod(stdin_file.fileno(), 0o644)  # so /dev/stdin can be reopened by uid 65534
-
+        # 0644 so that /dev/stdin can be reopened by uid 65534.
+        stdin_file = _data_file(stdin.encode("utf-8", errors="surrogatepass"), 0o644)
         argv = (_unshare_argv() or []) if netns else []
-        argv += [
-            sys.executable, "-I", "-S", "-B", "-X", "utf8", "-X", "int_max_str_digits=0",
-            "-c", _BOOTSTRAP, workdir, str(cpu_soft), str(cpu_soft + 1),
-            str(limits.memory_mb << 20), str(limits.max_file_bytes), str(limits.max_open_files),
-            str(nproc), str(limits.max_files), repr(limits.wall_s + _WATCHDOG_GRACE_S),
-        ]
+        argv += [sys.executable, *_INTERPRETER_FLAGS, "-c", _child_source(),
+                 *_child_args(workdir, limits, nproc)]
         deadline = time.monotonic() + limits.wall_s
         proc = subprocess.Popen(
             argv, stdin=stdin_file, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=workdir,
-            env=_base_env(workdir), close_fds=True, start_new_session=True, umask=0o077,
+            env=_child_env(workdir), close_fds=True, start_new_session=True, umask=0o077,
             **_user_kwargs(drop),
         )
-        out, err, parent_reason = _pump(proc, limits, deadline)
-        try:
-            _, status, usage = os.wait4(proc.pid, 0)
-            returncode = os.waitstatus_to_exitcode(status)
-            cpu_used = usage.ru_utime + usage.ru_stime
-        except ChildProcessError:  # someone else reaped it
-            returncode, cpu_used = None, 0.0
-        proc.returncode = returncode if returncode is not None else -signal.SIGKILL
-        seconds = time.monotonic() - start
+        out, err, parent_reason, returncode, cpu_used = _supervise(proc, limits, deadline)
     finally:
-        if proc is not None:
-            for stream in (proc.stdout, proc.stderr):
-                if stream is not None:
-                    stream.close()
-            if proc.returncode is None:  # an exception before reaping: make sure it is gone
-                _kill_group(proc.pid)
-                try:
-                    proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:  # pragma: no cover
-                    pass
         if stdin_file is not None:
             stdin_file.close()
         _remove_tree(workdir)
+    return _classify(out, err, returncode, parent_reason, cpu_used, _cpu_soft(limits),
+                     time.monotonic() - start, "weak")
 
+
+def _classify(out: bytes, err: bytes, returncode: int | None, parent_reason: str | None,
+              cpu_used: float, cpu_soft: int, seconds: float, isolation: str) -> SandboxResult:
+    """The SandboxResult for what was observed (see SandboxResult.reason for the vocabulary)."""
     stdout = out.decode("utf-8", errors="replace")
     stderr = err.decode("utf-8", errors="replace")
     last_line = stderr.rstrip().rsplit("\n", 1)[-1]
@@ -943,6 +1132,8 @@ def _run(code: str, stdin: str, limits: SandboxLimits, start: float) -> SandboxR
         reason = "memory_limit"
     elif "[Errno 27]" in last_line:  # EFBIG: Python ignores SIGXFSZ, the write fails instead
         reason = "file_size_limit"
+    elif "[Errno 28]" in last_line:  # ENOSPC: the working folder's tmpfs is full
+        reason = "disk_limit"
     else:
         reason = "exit_code"
-    return SandboxResult(stdout, stderr, returncode, timed_out, killed, reason, seconds)
+    return SandboxResult(stdout, stderr, returncode, timed_out, killed, reason, seconds, isolation)
