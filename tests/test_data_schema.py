@@ -1,9 +1,10 @@
 """The JSONL sample schema: good records round-trip; each malformed file names its file and line."""
 import json
+import re
 
 import pytest
 
-from redone_fast.data.reward_spec import REWARD_PARAMS, check_reward_spec
+from redone_fast.data.reward_spec import CODE_EXEC_MAX_TIMEOUT_S, REWARD_PARAMS, check_reward_spec
 from redone_fast.data.schema import DataError, Sample, load_jsonl, write_jsonl
 
 GOOD = {"task": "arithmetic", "prompt": "2+3=", "answer": "5", "reward": "exact_match"}
@@ -62,3 +63,67 @@ def test_every_reward_parameter_schema_is_checkable():
         required = {k: ("x" if str in types else 1 if int in types else [] if list in types else True)
                     for k, (types, needed) in params.items() if needed}
         assert check_reward_spec({"name": name, "params": required}) is None, name
+
+
+# ---------------------------------------------------------------------------------------------------
+# Parameter values checked at load time (what would otherwise fail, or hang, mid-training)
+
+
+@pytest.mark.parametrize("reward, message", [
+    ({"name": "regex", "params": {"pattern": "("}}, r"parameter 'pattern' is not a valid regular expression: missing \)"),
+    ({"name": "regex", "params": {"pattern": "a{2,1}"}}, r"not a valid regular expression: min repeat greater than max"),
+    ({"name": "code_exec", "params": {"expected_output": "", "timeout_s": 1e9}}, r"'timeout_s' must be a number of seconds in \(0, 60\], got 1000000000.0"),
+    ({"name": "code_exec", "params": {"expected_output": "", "timeout_s": 0}}, r"'timeout_s' must be .* in \(0, 60\], got 0"),
+    ({"name": "code_exec", "params": {"expected_output": "", "timeout_s": -1}}, r"'timeout_s' .* got -1"),
+    ({"name": "code_exec", "params": {"expected_output": "", "timeout_s": float("nan")}}, r"'timeout_s' .* got nan"),
+    ({"name": "code_exec", "params": {"expected_output": "", "timeout_s": float("inf")}}, r"'timeout_s' .* got inf"),
+    ({"name": "code_exec", "params": {"expected_output": "", "timeout_s": True}}, r"'timeout_s' must be int or float, got bool"),
+    ({"name": "rouge", "params": {"variant": "rougeW"}}, r"parameter 'variant' must be one of 'rouge1', 'rouge2', 'rougeL', got 'rougeW'"),
+    ({"name": "rouge", "params": {"tokenize": "mecab"}}, r"parameter 'tokenize' must be one of 'auto', 'default', 'jieba', 'char'"),
+    ({"name": "bleu", "params": {"tokenize": "spm"}}, r"parameter 'tokenize' must be one of 'auto', '13a', 'zh'"),
+    ({"name": "chrf", "params": {"word_order": -1}}, r"parameter 'word_order' must be in \[0, 6\], got -1"),
+    ({"name": "chrf", "params": {"word_order": 10**9}}, r"parameter 'word_order' must be in \[0, 6\]"),
+    ({"name": "chrf", "params": {"word_order": 2.0}}, r"parameter 'word_order' must be int, got float"),
+    ({"name": "chrf", "params": {"word_order": True}}, r"parameter 'word_order' must be int, got bool"),
+    ({"name": "length", "params": {"min_words": -1}}, r"parameter 'min_words' must be >= 0, got -1"),
+    ({"name": "length", "params": {"max_words": -5}}, r"parameter 'max_words' must be >= 0, got -5"),
+    ({"name": "length", "params": {"min_words": 3, "max_words": 1}}, r"max_words \(1\) < min_words \(3\)"),
+    ({"name": "length", "params": {"max_words": False}}, r"parameter 'max_words' must be int, got bool"),
+    ({"name": "keywords", "params": {"include": ["tea", 5]}}, r"parameter 'include' must be a list of strings, item 1 is int"),
+    ({"name": "keywords", "params": {"exclude": [None]}}, r"parameter 'exclude' must be a list of strings, item 0 is NoneType"),
+    ({"name": "keywords", "params": {"include": "tea"}}, r"parameter 'include' must be list, got str"),
+    ({"name": "json_format", "params": {"required_keys": [["a"]]}}, r"parameter 'required_keys' must be a list of strings, item 0 is list"),
+    ({"name": "exact_match", "params": {"single": 1}}, r"parameter 'single' must be bool, got int"),
+    ({"name": ["exact_match"]}, r"reward name must be a string, got list"),
+    ({"name": {"n": "exact_match"}}, r"reward name must be a string, got dict"),
+    ({"params": {}}, r"reward needs a 'name'"),
+])
+def test_bad_parameter_values_are_rejected(reward, message):
+    problem = check_reward_spec(reward)
+    assert problem is not None and re.search(message, problem), problem
+
+
+def test_bad_values_are_named_with_file_and_line(tmp_path):
+    bad = {**GOOD, "reward": {"name": "regex", "params": {"pattern": "("}}}
+    with pytest.raises(DataError, match=r"data.jsonl:2: .*'pattern' is not a valid regular expression"):
+        load_jsonl(write_lines(tmp_path, json.dumps(GOOD), json.dumps(bad)))
+    nan = '{"task": "arithmetic", "prompt": "p", "answer": "a", "reward": {"name": "code_exec", "params": ' \
+          '{"expected_output": "", "timeout_s": NaN}}}'  # Python's json reads NaN
+    with pytest.raises(DataError, match=r"data.jsonl:1: .*'timeout_s' must be a number of seconds in \(0, 60\]"):
+        load_jsonl(write_lines(tmp_path, nan))
+    with pytest.raises(DataError, match=r"data.jsonl:1: reward name must be a string, got list"):
+        load_jsonl(write_lines(tmp_path, json.dumps({**GOOD, "reward": {"name": ["regex"]}})))
+
+
+@pytest.mark.parametrize("reward", [
+    {"name": "code_exec", "params": {"expected_output": "", "timeout_s": CODE_EXEC_MAX_TIMEOUT_S}},
+    {"name": "code_exec", "params": {"expected_output": "", "timeout_s": 0.5}},
+    {"name": "length", "params": {"min_words": 0, "max_words": 0}},
+    {"name": "length", "params": {"min_words": 2, "max_words": 2}},
+    {"name": "chrf", "params": {"word_order": 0}},
+    {"name": "keywords", "params": {"include": [], "exclude": ["x"]}},
+    {"name": "regex", "params": {"pattern": r"(?i)\d{6}"}},
+    {"name": "rouge", "params": {"variant": "rouge1", "tokenize": "char"}},
+])
+def test_good_parameter_values_pass(reward):
+    assert check_reward_spec(reward) is None

@@ -93,9 +93,9 @@ def _text(prediction, reference, **params):
 
 
 @pytest.mark.parametrize("sample, rewards, message", [
-    (make("regex", params={"pattern": "("}), None, "error"),  # re.error from a bad pattern
-    (make("length", params={"min_words": 3, "max_words": 1}), None, "max_words"),
-    (make("rouge", params={"variant": "rougeW"}), None, "unknown ROUGE variant"),
+    (make("regex", params={"pattern": "("}, valid=False), None, "error"),  # re.error from a bad pattern
+    (make("length", params={"min_words": 3, "max_words": 1}, valid=False), None, "max_words"),
+    (make("rouge", params={"variant": "rougeW"}, valid=False), None, "unknown ROUGE variant"),
     (make("no_such_reward"), None, "unknown reward 'no_such_reward'"),
     (make("exact_match", params={"no_such_param": 1}, valid=False), None, "no_such_param"),  # TypeError
     (make("custom"), {"custom": _raises}, "RuntimeError: reward bug"),
@@ -112,7 +112,7 @@ def test_failures_score_zero_with_the_error(sample, rewards, message):
 
 
 def test_in_process_pool_counts_errors_per_task():
-    samples = [make("exact_match", "a", task="cls"), make("regex", task="fmt", params={"pattern": "("}),
+    samples = [make("exact_match", "a", task="cls"), make("regex", task="fmt", params={"pattern": "("}, valid=False),
                make("exact_match", "b", task="cls"), make("custom", task="fmt")]
     with RewardPool(workers=0, rewards={"custom": _raises}) as pool:
         outcomes = pool.score_many(samples, ["a", "x", "c", "y"])

@@ -22,8 +22,10 @@ The generated code is never run in this process.
 from __future__ import annotations
 
 import ast
+import math
 import re
 
+from redone_fast.data.reward_spec import CODE_EXEC_MAX_TIMEOUT_S
 from redone_fast.rewards.sandbox import SandboxLimits, SandboxUnavailableError, run_python
 
 __all__ = ["extract_code", "code_exec", "normalize_output", "SandboxUnavailableError"]
@@ -112,11 +114,15 @@ def code_exec(prediction: str, reference: str, *, expected_output: str, stdin: s
     ``reference`` (e.g. the reference solution) is not used: correctness is judged only by
     the program's output on ``stdin``; it is kept so that every reward shares the
     ``(prediction, reference, **kwargs)`` signature. ``timeout_s`` bounds both the wall-clock
-    time and the CPU time of the run. The output cap is raised above the default when the
-    expected output needs it. Never raises for anything the program does; raises
+    time and the CPU time of the run; it must be in (0, CODE_EXEC_MAX_TIMEOUT_S] = (0, 60] seconds
+    (ValueError otherwise: a huge limit would stall training; data files are checked at load). The
+    output cap is raised above the default when the expected output needs it. Never raises for anything the program does; raises
     :class:`SandboxUnavailableError` when no accepted isolation exists (see the module docstring).
     """
     del reference  # unused by design, see the docstring
+    if not (isinstance(timeout_s, (int, float)) and math.isfinite(timeout_s)
+            and 0 < timeout_s <= CODE_EXEC_MAX_TIMEOUT_S):
+        raise ValueError(f"timeout_s must be in (0, {CODE_EXEC_MAX_TIMEOUT_S:g}] seconds, got {timeout_s!r}")
     code = extract_code(prediction)
     if code is None:
         return 0.0

@@ -3,7 +3,8 @@
 These judge the shape of the answer, not its agreement with a reference (the `reference` argument is
 accepted for the common signature and ignored). They look at the whole answer: the text after the
 last "Answer:" marker (redone_fast.rewards.normalize.after_marker), all of its lines, because a JSON
-object, a list or a paragraph of N words spans lines. Each returns 1.0 or 0.0.
+object, a list or a paragraph of N words spans lines. Each returns 1.0 or 0.0. `length` counts each
+Chinese character or kana as a word (word_count).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import re
 from collections.abc import Sequence
 
 from redone_fast.rewards.normalize import after_marker
+from redone_fast.rewards.overlap import CJK_CHAR
 
 # Answers longer than this fail the regex check outright: Python's `re` has no time limit, and a
 # pattern with nested quantifiers can take polynomial or exponential time on a long answer.
@@ -56,11 +58,22 @@ def json_format(prediction: str, reference: str = "", *, required_keys: Sequence
     return float(all(key in value for key in required_keys))
 
 
+def word_count(text: str) -> int:
+    """Whitespace-separated words; in text holding Chinese characters or kana (written without
+    spaces), each of those counts as one word (the usual character count, 字数) and so does each
+    remaining whitespace-separated piece holding a letter or digit ("我用iPhone拍照。" is 5)."""
+    if not CJK_CHAR.search(text):
+        return len(text.split())
+    characters = len(CJK_CHAR.findall(text))
+    rest = CJK_CHAR.sub(" ", text).split()
+    return characters + sum(any(char.isalnum() for char in piece) for piece in rest)
+
+
 def length(prediction: str, reference: str = "", *, min_words: int = 0, max_words: int | None = None) -> float:
-    """1.0 when the answer's word count (whitespace-separated) is within [min_words, max_words]."""
+    """1.0 when the answer's `word_count` is within [min_words, max_words] (bounds inclusive)."""
     if max_words is not None and max_words < min_words:
         raise ValueError(f"max_words ({max_words}) < min_words ({min_words})")
-    words = len(after_marker(prediction).split())
+    words = word_count(after_marker(prediction))
     return float(words >= min_words and (max_words is None or words <= max_words))
 
 

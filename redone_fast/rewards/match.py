@@ -1,7 +1,8 @@
 """Matching rewards: exact match (classification, multiple choice) and set F1 (extraction, hashtags).
 
 Both post-process prediction and reference the same way (redone_fast.rewards.normalize) and compare
-case-insensitively. Each is `(prediction, reference, **params) -> float in [0, 1]`.
+case-insensitively. Each is `(prediction, reference, **params) -> float in [0, 1]`. Chinese lists use
+full-width separators ("北京，上海、广州；深圳"): with the default separator "," these split items too.
 """
 from __future__ import annotations
 
@@ -26,16 +27,26 @@ def exact_match(prediction: str, reference: str, *, single: bool = False, normal
     return float(left == right)
 
 
-def item_set(text: str, separator: str = ",") -> set[str]:
-    """The canonical items of a list answer, as a set."""
-    return {canonical(item) for item in split_items(answer_text(text), separator)} - {""}
+DEFAULT_SEPARATOR = ","
+# Read as the default separator: the full-width comma, the enumeration comma 、 (and its half-width
+# form), the full-width semicolon. Inside a quoted list-literal item they become "," on both sides alike.
+_FULL_WIDTH_SEPARATORS = str.maketrans(dict.fromkeys("，、､；", DEFAULT_SEPARATOR))
 
 
-def set_f1(prediction: str, reference: str, *, separator: str = ",") -> float:
+def item_set(text: str, separator: str = DEFAULT_SEPARATOR) -> set[str]:
+    """The canonical items of a list answer, as a set (full-width separators count as the default one)."""
+    answer = answer_text(text)
+    if separator == DEFAULT_SEPARATOR:
+        answer = answer.translate(_FULL_WIDTH_SEPARATORS)
+    return {canonical(item) for item in split_items(answer, separator)} - {""}
+
+
+def set_f1(prediction: str, reference: str, *, separator: str = DEFAULT_SEPARATOR) -> float:
     """F1 of the predicted item set against the reference item set.
 
-    Items are split on `separator` (or read from a list literal), stripped and compared
-    case-insensitively; duplicates count once. F1 = 2|P & R| / (|P| + |R|); both empty -> 1.0.
+    Items are split on `separator` (the default "," also splits at "，", "、" and "；"), or read from a
+    list literal, stripped and compared case-insensitively; duplicates count once.
+    F1 = 2|P & R| / (|P| + |R|); both empty -> 1.0.
     """
     predicted, expected = item_set(prediction, separator), item_set(reference, separator)
     if not predicted and not expected:
