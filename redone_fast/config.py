@@ -12,6 +12,8 @@ import dataclasses
 import typing
 from typing import Any
 
+from redone_fast.errors import ConfigError
+
 __all__ = ["add_config_arguments", "apply_config_arguments", "to_dict", "from_dict", "parse_bool"]
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -118,7 +120,7 @@ def from_dict(cls, data: dict):
     known = {f.name: tp for f, tp in _fields(cls)}
     unknown = sorted(set(data) - set(known))
     if unknown:
-        raise ValueError(f"{cls.__name__}: unknown field(s) {', '.join(unknown)}")
+        raise ConfigError(f"{cls.__name__}: unknown field(s) {', '.join(unknown)}")
     values = {}
     for name, value in data.items():
         tp = known[name]

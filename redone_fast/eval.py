@@ -42,6 +42,7 @@ from pathlib import Path
 
 from redone_fast.config import add_config_arguments, apply_config_arguments
 from redone_fast.data.schema import DataError, Sample
+from redone_fast.errors import run_cli
 from redone_fast.pipeline.scoring import EvalConfig, context_length, evaluate_samples, \
     first_per_task, generate_answers_flagged, open_engine, task_domain
 
@@ -171,6 +172,11 @@ def _error(message: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The eval CLI; bad input ends in one `error:` line and status 2 (redone_fast.errors.run_cli)."""
+    return run_cli(_main, argv)
+
+
+def _main(argv: list[str]) -> int:
     from redone_fast.data.schema import load_jsonl
     from redone_fast.model import ModelFolderError, check_model_folder
 

@@ -55,6 +55,8 @@ import torch
 import transformers
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel
 
+from redone_fast.errors import ConfigError, RedoneError
+
 try:  # transformers 5.x: packed position ids give a block-diagonal causal mask (module docstring)
     from transformers.masking_utils import find_packed_sequence_indices as _find_packed  # noqa: F401
     TRANSFORMERS_DETECTS_PACKING = True
@@ -76,7 +78,7 @@ TOKENIZER_VOCAB_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "voc
 _MAX_LISTED_KEYS = 6
 
 
-class ModelFolderError(ValueError):
+class ModelFolderError(RedoneError, ValueError):
     """A model or tokenizer folder that cannot be loaded: `path` and `reason` say which and why."""
 
     def __init__(self, path, reason: str):
@@ -98,7 +100,7 @@ def _resolve_dtype(dtype) -> torch.dtype | None:
         return dtype
     resolved = getattr(torch, str(dtype), None)
     if not isinstance(resolved, torch.dtype):
-        raise ValueError(f"dtype: {dtype!r} is not a torch dtype")
+        raise ConfigError(f"dtype: {dtype!r} is not a torch dtype")
     return resolved
 
 

@@ -31,6 +31,7 @@ from torch.distributed.tensor import DTensor, Shard
 
 from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
+from redone_fast.errors import ConfigError
 from redone_fast.model import ModelFolderError, _weight_files, check_model_folder, default_attn_implementation
 
 __all__ = ["ParallelConfig", "parallelize", "build_model", "load_sharded_weights", "init_random_weights",
@@ -57,8 +58,16 @@ def _dtype(name: str | None, device: torch.device) -> torch.dtype:
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     dtype = getattr(torch, name, None)
     if not isinstance(dtype, torch.dtype):
-        raise ValueError(f"param_dtype/reduce_dtype: {name!r} is not a torch dtype")
+        raise ConfigError(f"param_dtype/reduce_dtype: {name!r} is not a torch dtype")
     return dtype
+
+
+def check_parallel_config(cfg: ParallelConfig) -> None:
+    """Reject dtype names torch does not know before a model is built (ConfigError naming the field)."""
+    for name in ("param_dtype", "reduce_dtype"):
+        value = getattr(cfg, name)
+        if value is not None and not isinstance(getattr(torch, value, None), torch.dtype):
+            raise ConfigError(f"parallel.{name}: {value!r} is not a torch dtype (e.g. float32, bfloat16)")
 
 
 def clean_name(name: str) -> str:

@@ -17,6 +17,7 @@ import argparse
 import sys
 
 from redone_fast.config import add_config_arguments, apply_config_arguments
+from redone_fast.errors import RedoneError, run_cli
 
 __all__ = ["build_parser", "main"]
 
@@ -44,11 +45,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from redone_fast.data.schema import DataError
-    from redone_fast.distributed import destroy_distributed
-    from redone_fast.model import ModelFolderError
+    """The pipeline CLI; bad input ends in one `error:` line and status 2 (redone_fast.errors.run_cli)."""
+    return run_cli(_main, argv)
+
+
+def _main(argv) -> int:
+    from pathlib import Path
+
     from redone_fast.pipeline.config import preset
-    from redone_fast.pipeline.run import PipelineError, run_pipeline
+    from redone_fast.pipeline.run import STATE_FILE, PipelineError, run_pipeline
 
     args = build_parser().parse_args(argv)
     cfg = apply_config_arguments(preset(args.preset), args)
@@ -56,12 +61,11 @@ def main(argv=None) -> int:
     try:
         state = run_pipeline(cfg, run_dir, recipe=args.recipe, stages=args.stages,
                              allow_config_change=args.allow_config_change)
-    except (PipelineError, DataError, ModelFolderError) as exc:
-        print(f"error: {exc}\n(finished steps are kept in {run_dir}; fix the input and re-run the same command "
-              f"to go on)", file=sys.stderr, flush=True)
-        destroy_distributed()
-        return 2
-    destroy_distributed()
+    except RedoneError as exc:
+        if not (Path(run_dir) / STATE_FILE).is_file():
+            raise
+        raise PipelineError(f"{exc} (finished steps are kept in {run_dir}: fix the input and re-run the same "
+                            "command to go on)") from exc  # the same line, plus where the finished work is
     print(f"[pipeline] {state['status']}: {run_dir}/report.md", flush=True)
     return 0
 

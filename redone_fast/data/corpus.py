@@ -50,6 +50,7 @@ from typing import NamedTuple
 from redone_fast.data.schema import Sample, write_jsonl
 from redone_fast.data.slips import SLIPS, slip_share, slipped_answer
 from redone_fast.data.tasks import TASKS
+from redone_fast.errors import ConfigError, run_cli
 
 SPLITS = ("pretrain", "rl", "sft_pool", "eval", "heldout")
 SNS_TASKS = ("note_taxonomy", "hashtag_choice", "query_relevance", "entity_extraction", "slang_translation")
@@ -489,7 +490,7 @@ def generate_corpus(seed: int = 0, sizes: dict[str, dict[str, int]] | None = Non
     sizes of the others) against one set of prompt hashes, so no prompt appears twice in the corpus."""
     sizes = SPLIT_SIZES if sizes is None else sizes
     if world not in WORLDS:
-        raise ValueError(f"world must be one of {WORLDS}, got {world!r}")
+        raise ConfigError(f"world must be one of {WORLDS}, got {world!r}")
     seen: set[bytes] = set()
     corpus: dict[str, list[Sample]] = {}
     for split in ("eval", "heldout", "rl", "sft_pool", "pretrain"):
@@ -514,6 +515,11 @@ def write_corpus(out_dir: str | Path, seed: int = 0, splits=SPLITS, world: str =
 
 
 def main(argv=None) -> int:
+    """The corpus CLI; an unwritable --out ends in one `error:` line and status 2 (redone_fast.errors.run_cli)."""
+    return run_cli(_main, argv)
+
+
+def _main(argv) -> int:
     parser = argparse.ArgumentParser(prog="python -m redone_fast.data.corpus", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="output folder: one <split>.jsonl per split")
     parser.add_argument("--seed", type=int, default=0)

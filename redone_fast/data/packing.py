@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from redone_fast.data.formatting import EncodedSample
+from redone_fast.errors import ConfigError
 
 IGNORE_INDEX = -100
 OVERLONG_POLICIES = ("truncate", "drop")
@@ -97,7 +98,7 @@ def pack(samples: list[EncodedSample], token_budget: int, *, max_length: int | N
     if token_budget < 2:
         raise ValueError(f"token_budget must be at least 2, got {token_budget}")
     if overlong not in OVERLONG_POLICIES:
-        raise ValueError(f"overlong must be one of {OVERLONG_POLICIES}, got {overlong!r}")
+        raise ConfigError(f"overlong must be one of {OVERLONG_POLICIES}, got {overlong!r}")
     max_length = min(max_length or token_budget, token_budget)
     stats = PackingStats(samples=len(samples), token_budget=token_budget)
     kept: list[tuple[int, EncodedSample]] = []

@@ -24,12 +24,13 @@ from typing import Any
 
 from redone_fast.data.reward_spec import check_reward_spec
 from redone_fast.data.tasks import TASKS
+from redone_fast.errors import RedoneError
 
 ROLES = ("system", "user", "assistant")
 FIELDS = ("task", "prompt", "answer", "reward", "rationale", "split", "id", "meta")
 
 
-class DataError(ValueError):
+class DataError(RedoneError, ValueError):
     """A bad data file or record; the message names the file (and line)."""
 
 
@@ -105,20 +106,42 @@ def parse_sample(record: Any, *, known_tasks: Mapping | None = TASKS) -> Sample:
                   meta=dict(record.get("meta", {})))
 
 
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+
+
+def _decode_line(path: Path, line_number: int, raw: bytes) -> str:
+    """One line of a JSONL file as text: UTF-8 (a UTF-8 byte-order mark on line 1 is dropped, as
+    editors on Windows write one); anything else is a DataError naming the line and the byte."""
+    if line_number == 1:
+        if raw.startswith(_UTF16_BOMS):
+            raise DataError(f"{path}: the file is UTF-16 (it starts with a UTF-16 byte-order mark); save it as UTF-8")
+        raw = raw.removeprefix(b"\xef\xbb\xbf")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}:{line_number}: not UTF-8 (byte 0x{raw[exc.start]:02x} at byte {exc.start + 1} "
+                        "of the line); save the file as UTF-8") from None
+
+
 def load_jsonl(path: str | Path, *, known_tasks: Mapping | None = TASKS, split: str | None = None) -> list[Sample]:
     """Every sample of a JSONL file (blank lines skipped), optionally only those of one split."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, not a data file")
     if not path.is_file():
         raise DataError(f"{path}: no such data file")
     samples = []
-    with path.open(encoding="utf-8") as lines:
-        for line_number, line in enumerate(lines, start=1):
+    with path.open("rb") as lines:
+        for line_number, raw in enumerate(lines, start=1):
+            line = _decode_line(path, line_number, raw)
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise DataError(f"{path}:{line_number}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+            except RecursionError:  # json's C decoder recurses once per nesting level
+                raise DataError(f"{path}:{line_number}: JSON nested too deeply to read") from None
             try:
                 sample = parse_sample(record, known_tasks=known_tasks)
             except DataError as exc:

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
+from redone_fast.errors import ConfigError
+
 __all__ = ["OptimConfig", "build_optimizer", "build_scheduler", "lr_factor", "SCHEDULES"]
 
 SCHEDULES = ("constant", "cosine")
@@ -39,10 +41,10 @@ class OptimConfig:
 
     def __post_init__(self):
         if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule: must be one of {SCHEDULES}, got {self.schedule!r}")
+            raise ConfigError(f"schedule: must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.lr <= 0 or self.warmup_steps < 0 or not 0 <= self.warmup_ratio < 1 or self.grad_clip < 0 \
                 or not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError(f"optimizer settings out of range: lr={self.lr}, warmup_steps={self.warmup_steps}, "
+            raise ConfigError(f"optimizer settings out of range: lr={self.lr}, warmup_steps={self.warmup_steps}, "
                              f"warmup_ratio={self.warmup_ratio}, grad_clip={self.grad_clip}, "
                              f"min_lr_ratio={self.min_lr_ratio}")
 

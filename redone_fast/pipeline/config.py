@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from redone_fast.errors import ConfigError
 from redone_fast.loop.optim import OptimConfig
 from redone_fast.parallelize import ParallelConfig
 from redone_fast.pipeline.scoring import EvalConfig
@@ -25,7 +26,7 @@ from redone_fast.stages.rl import RLConfig
 from redone_fast.stages.sft import SFTConfig
 
 __all__ = ["DiagnosisConfig", "SoftLabelConfig", "HardSubsetConfig", "PipelineConfig", "preset", "PRESETS",
-           "RECIPES", "recipe_stages"]
+           "RECIPES", "recipe_stages", "check_config"]
 
 PRESETS = ("tiny", "qwen3-4b")
 RECIPES = ("redone", "sft-only", "sft-then-rl")
@@ -150,7 +151,7 @@ def preset(name: str) -> PipelineConfig:
         return PipelineConfig(model="", rl_files=[], sft_files=[], eval_files=[],
                               evaluation=EvalConfig(max_new_tokens=8192, batch_prompts=1024, engine="vllm"),
                               stage1=rl, stage2=sft_stage.preset("paper"), stage3=rl3)
-    raise ValueError(f"unknown pipeline preset {name!r} (known: {', '.join(PRESETS)})")
+    raise ConfigError(f"unknown pipeline preset {name!r} (known: {', '.join(PRESETS)})")
 
 
 def recipe_stages(recipe: str) -> list[tuple[str, str]]:
@@ -161,4 +162,22 @@ def recipe_stages(recipe: str) -> list[tuple[str, str]]:
         return [("stage1", "sft"), ("stage2", "rl")]
     if recipe == "sft-only":
         return [("stage1", "sft")]
-    raise ValueError(f"unknown recipe {recipe!r} (known: {', '.join(RECIPES)})")
+    raise ConfigError(f"unknown recipe {recipe!r} (known: {', '.join(RECIPES)})")
+
+
+def check_config(cfg: PipelineConfig, recipe: str) -> None:
+    """Every setting the recipe will use, checked before its first step, so that a bad value given for
+    stage 3 fails in seconds rather than after stages 1 and 2 (ConfigError, prefixed with the section)."""
+    sections: list[tuple[str, object]] = [("stage1", cfg.stage1)] if recipe != "sft-only" else []
+    sections.append(("stage2", cfg.stage2))
+    if recipe == "redone":
+        sections.append(("stage3", cfg.stage3))
+    for name, stage in sections:
+        try:
+            (rl_stage.check_config if isinstance(stage, RLConfig) else sft_stage.check_config)(stage)
+        except ConfigError as exc:
+            raise ConfigError(f"{name}: {exc}") from None
+    for name, section in (("diagnosis", cfg.diagnosis), ("soft_labels", cfg.soft_labels), ("hard", cfg.hard)):
+        if section.k < 1 or not section.temperature > 0:
+            raise ConfigError(f"{name}: k must be >= 1 and temperature > 0, got k={section.k}, "
+                              f"temperature={section.temperature}")

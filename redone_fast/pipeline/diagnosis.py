@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from redone_fast.data.schema import Sample, write_jsonl
+from redone_fast.errors import ConfigError
 from redone_fast.pipeline.config import DiagnosisConfig, HardSubsetConfig
 from redone_fast.pipeline.scoring import task_domain
 
@@ -146,7 +147,7 @@ def raise_rationale_share(samples: list[Sample], share: float) -> list[Sample]:
     A task with no rationale samples, or already at the share, is left as is.
     """
     if not 0.0 <= share < 1.0:
-        raise ValueError(f"rationale_share: must be in [0, 1), got {share}")
+        raise ConfigError(f"rationale_share: must be in [0, 1), got {share}")
     by_task: dict[str, list[Sample]] = defaultdict(list)
     for sample in samples:
         by_task[sample.task].append(sample)

@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Callable
 
 from redone_fast.config import to_dict
-from redone_fast.pipeline.config import PipelineConfig, recipe_stages
+from redone_fast.errors import RedoneError
+from redone_fast.pipeline.config import PipelineConfig, check_config, recipe_stages
 
 __all__ = ["PipelineError", "run_pipeline", "STATE_FILE", "CONFIG_FILE", "steps_of"]
 
@@ -45,7 +46,7 @@ REDONE_TITLES = {"stage1": "Exploratory Learning (DAPO)", "stage2": "Targeted Fi
                  "stage3": "Refinement Learning (DAPO)"}
 
 
-class PipelineError(RuntimeError):
+class PipelineError(RedoneError, RuntimeError):
     """A pipeline-level problem (bad input, a stage out of order, a changed config); the message says what."""
 
 
@@ -422,9 +423,10 @@ def run_pipeline(cfg: PipelineConfig, run_dir, *, recipe: str = "redone", stages
     if unknown:
         raise PipelineError(f"--stages: {', '.join(unknown)} not in recipe {recipe!r} (its stages: {', '.join(known)})")
 
+    check_config(cfg, recipe)  # before the run folder's config.json is written
     pipeline = Pipeline(cfg, run_dir, recipe, ctx, say)
+    pipeline.validate_inputs()  # before load_state writes config.json: a bad input leaves the folder as it was
     pipeline.load_state(allow_config_change)
-    pipeline.validate_inputs()
     first_wanted = min(known.index(s) for s in wanted)
     missing = [step for step, owner in steps if known.index(owner) < first_wanted and step not in pipeline.state["done"]]
     if missing:

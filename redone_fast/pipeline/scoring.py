@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from redone_fast.data.formatting import encode_prompt
 from redone_fast.data.schema import Sample
 from redone_fast.data.tasks import TASKS
+from redone_fast.errors import ConfigError
 from redone_fast.rollout.base import SamplingParams
 
 __all__ = ["EvalConfig", "ModelScores", "open_engine", "task_domain", "domain_means", "first_per_task",
@@ -60,17 +61,17 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINE_KINDS:
-            raise ValueError(f"EvalConfig.engine: expected one of {', '.join(ENGINE_KINDS)}, got {self.engine!r}")
+            raise ConfigError(f"EvalConfig.engine: expected one of {', '.join(ENGINE_KINDS)}, got {self.engine!r}")
         for name in ("max_new_tokens", "batch_prompts"):
             if getattr(self, name) < 1:
-                raise ValueError(f"EvalConfig.{name}: expected >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"EvalConfig.{name}: expected >= 1, got {getattr(self, name)}")
         if self.headroom_k == 1:
-            raise ValueError("EvalConfig.headroom_k: expected 0 (off) or >= 2, got 1")
+            raise ConfigError("EvalConfig.headroom_k: expected 0 (off) or >= 2, got 1")
         for name in ("max_samples_per_task", "reward_workers", "headroom_k", "headroom_samples_per_task"):
             if getattr(self, name) < 0:
-                raise ValueError(f"EvalConfig.{name}: expected >= 0, got {getattr(self, name)}")
+                raise ConfigError(f"EvalConfig.{name}: expected >= 0, got {getattr(self, name)}")
         if not self.reward_timeout_s > 0:
-            raise ValueError(f"EvalConfig.reward_timeout_s: expected > 0, got {self.reward_timeout_s}")
+            raise ConfigError(f"EvalConfig.reward_timeout_s: expected > 0, got {self.reward_timeout_s}")
 
 
 def _json_number(value: float) -> float | None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 from redone_fast.data.schema import Sample
+from redone_fast.errors import ConfigError
 from redone_fast.pipeline.config import SoftLabelConfig
 from redone_fast.pipeline.scoring import generate_answers
 from redone_fast.rewards.router import score_sample
@@ -60,7 +61,7 @@ def make_judge(spec: str, device=None) -> Judge:
         return reward_judge
     if spec.startswith("model:") and spec[len("model:"):]:
         return LikelihoodJudge(spec[len("model:"):], device=device)
-    raise ValueError(f"soft_labels.judge: expected 'reward' or 'model:<folder>', got {spec!r}")
+    raise ConfigError(f"soft_labels.judge: expected 'reward' or 'model:<folder>', got {spec!r}")
 
 
 @dataclass

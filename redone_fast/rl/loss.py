@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 import torch
 
+from redone_fast.errors import ConfigError
 from redone_fast.ops import linear_logprobs
 
 __all__ = ["RLMicroBatch", "DAPOObjective", "AGGREGATIONS"]
@@ -102,15 +103,15 @@ class DAPOObjective:
 
     def __post_init__(self):
         if self.aggregation not in AGGREGATIONS:
-            raise ValueError(f"aggregation: must be one of {AGGREGATIONS}, got {self.aggregation!r}")
+            raise ConfigError(f"aggregation: must be one of {AGGREGATIONS}, got {self.aggregation!r}")
         if self.dual_clip is not None and self.dual_clip <= 1.0:
-            raise ValueError(f"dual_clip: must be > 1 (or None), got {self.dual_clip}")
+            raise ConfigError(f"dual_clip: must be > 1 (or None), got {self.dual_clip}")
         if not (0 <= self.eps_low < 1 and self.eps_high >= 0):
-            raise ValueError(f"clip range out of bounds: eps_low={self.eps_low}, eps_high={self.eps_high}")
+            raise ConfigError(f"clip range out of bounds: eps_low={self.eps_low}, eps_high={self.eps_high}")
         if not self.log_ratio_clamp > 0:
-            raise ValueError(f"log_ratio_clamp: must be > 0, got {self.log_ratio_clamp}")
+            raise ConfigError(f"log_ratio_clamp: must be > 0, got {self.log_ratio_clamp}")
         if self.rollout_is_cap is not None and not self.rollout_is_cap >= 1.0:
-            raise ValueError(f"rollout_is_cap: must be >= 1 (or None), got {self.rollout_is_cap}")
+            raise ConfigError(f"rollout_is_cap: must be >= 1 (or None), got {self.rollout_is_cap}")
 
     def denominator(self, batch: RLMicroBatch) -> torch.Tensor:
         if self.aggregation == "token-mean":

@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+from redone_fast.errors import ConfigError
 from redone_fast.rollout.base import Rollout, RolloutEngine, SamplingParams
 from redone_fast.rollout.hf_engine import HFEngine
 from redone_fast.rollout.vllm_engine import VLLMEngine  # imports vllm only when an engine is made
@@ -26,5 +27,5 @@ def make_engine(kind: str, model_path, **kwargs) -> RolloutEngine:
         return HFEngine(model_path, **kwargs)
     if kind == "vllm":
         return VLLMEngine(model_path, **kwargs)
-    raise ValueError(f"rollout engine kind: expected one of {', '.join(ENGINE_KINDS)}, got {kind!r}")
+    raise ConfigError(f"rollout engine kind: expected one of {', '.join(ENGINE_KINDS)}, got {kind!r}")
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from redone_fast.errors import ConfigError
+
 __all__ = ["SamplingParams", "Rollout", "RolloutEngine", "check_prompts"]
 
 
@@ -40,15 +42,15 @@ class SamplingParams:
 
     def __post_init__(self) -> None:
         if not isinstance(self.n, int) or self.n < 1:
-            raise ValueError(f"SamplingParams.n: expected an int >= 1, got {self.n!r}")
+            raise ConfigError(f"SamplingParams.n: expected an int >= 1, got {self.n!r}")
         if not (self.temperature >= 0.0):  # also rejects NaN
-            raise ValueError(f"SamplingParams.temperature: expected >= 0, got {self.temperature!r}")
+            raise ConfigError(f"SamplingParams.temperature: expected >= 0, got {self.temperature!r}")
         if not (0.0 < self.top_p <= 1.0):
-            raise ValueError(f"SamplingParams.top_p: expected in (0, 1], got {self.top_p!r}")
+            raise ConfigError(f"SamplingParams.top_p: expected in (0, 1], got {self.top_p!r}")
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-            raise ValueError(f"SamplingParams.max_new_tokens: expected an int >= 1, got {self.max_new_tokens!r}")
+            raise ConfigError(f"SamplingParams.max_new_tokens: expected an int >= 1, got {self.max_new_tokens!r}")
         if self.seed is not None and not isinstance(self.seed, int):
-            raise ValueError(f"SamplingParams.seed: expected an int or None, got {self.seed!r}")
+            raise ConfigError(f"SamplingParams.seed: expected an int or None, got {self.seed!r}")
         object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))
 
     @property

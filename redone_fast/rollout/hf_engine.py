@@ -39,6 +39,7 @@ import torch
 from torch.distributed.tensor import DTensor
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, PreTrainedModel
 
+from redone_fast.errors import ConfigError
 from redone_fast.rollout.base import Rollout, SamplingParams, check_prompts
 from redone_fast.parallelize import clean_name
 from redone_fast.rollout.weights import iter_full_parameters
@@ -131,7 +132,7 @@ class HFEngine:
         from redone_fast.model import load_model, load_tokenizer
 
         if max_batch_prompts < 1:
-            raise ValueError(f"max_batch_prompts: expected >= 1, got {max_batch_prompts}")
+            raise ConfigError(f"max_batch_prompts: expected >= 1, got {max_batch_prompts}")
         self.max_batch_prompts = max_batch_prompts
         folder = None
         if isinstance(model_path_or_model, PreTrainedModel):

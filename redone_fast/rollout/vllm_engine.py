@@ -55,6 +55,7 @@ from pathlib import Path
 
 import torch
 
+from redone_fast.errors import ConfigError
 from redone_fast.rollout.base import Rollout, SamplingParams, check_prompts
 from redone_fast.rollout.weights import iter_full_parameters, iter_weight_buckets
 
@@ -113,7 +114,7 @@ class VLLMEngine:
         from vllm.platforms import current_platform
 
         if sleep_level not in (1, 2):
-            raise ValueError(f"sleep_level: expected 1 or 2, got {sleep_level}")
+            raise ConfigError(f"sleep_level: expected 1 or 2, got {sleep_level}")
         folder = Path(os.fspath(model_path))
         if not (folder / "config.json").is_file():
             raise FileNotFoundError(f"VLLMEngine: {folder} is not a local model folder (no config.json)")

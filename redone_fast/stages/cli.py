@@ -7,6 +7,7 @@ import sys
 from typing import Callable
 
 from redone_fast.config import add_config_arguments, apply_config_arguments
+from redone_fast.errors import run_cli
 
 __all__ = ["stage_parser", "stage_main"]
 
@@ -23,13 +24,14 @@ def stage_parser(prog: str, description: str, config_cls, preset: Callable, pres
 
 
 def stage_main(parser: argparse.ArgumentParser, preset: Callable, run: Callable, argv=None) -> int:
-    """Parse, run the stage in the run folder, print its summary as one JSON line; the group is torn down."""
-    from redone_fast.distributed import destroy_distributed
-    args = parser.parse_args(argv)
-    cfg = apply_config_arguments(preset(args.preset), args)
-    try:
+    """Parse, run the stage in the run folder, print its summary as one JSON line; the group is torn down.
+
+    Bad input ends in one `error:` line and status 2 (redone_fast.errors.run_cli; `--debug` shows the
+    traceback)."""
+    def stage(argv) -> int:
+        args = parser.parse_args(argv)
+        cfg = apply_config_arguments(preset(args.preset), args)
         summary = run(cfg, args.run_dir)
-    finally:
-        destroy_distributed()
-    print(json.dumps(summary), file=sys.stdout, flush=True)
-    return 0
+        print(json.dumps(summary), file=sys.stdout, flush=True)
+        return 0
+    return run_cli(stage, argv)

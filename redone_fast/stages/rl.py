@@ -57,6 +57,7 @@ from pathlib import Path
 import torch
 
 from redone_fast.config import to_dict
+from redone_fast.errors import ConfigError
 from redone_fast.loop.optim import OptimConfig
 from redone_fast.parallelize import ParallelConfig
 
@@ -153,7 +154,7 @@ def preset(name: str) -> RLConfig:
                         generation_batch=16, reward_workers=0, checkpoint_every_rollouts=4,
                         optim=OptimConfig(lr=2e-4, weight_decay=0.0, schedule="constant", warmup_steps=0),
                         parallel=ParallelConfig(activation_checkpointing=False))
-    raise ValueError(f"unknown RL preset {name!r} (known: {', '.join(PRESETS)})")
+    raise ConfigError(f"unknown RL preset {name!r} (known: {', '.join(PRESETS)})")
 
 
 @dataclass
@@ -178,7 +179,7 @@ def filter_values(group: Group, metric: str) -> list[float]:
         return [float(r >= 1.0) for r in group.task_rewards]
     if metric == "shaped_reward":
         return group.rewards
-    raise ValueError(f"filter_metric: must be one of {FILTER_METRICS}, got {metric!r}")
+    raise ConfigError(f"filter_metric: must be one of {FILTER_METRICS}, got {metric!r}")
 
 
 def has_signal(group: Group, metric: str) -> bool:
@@ -436,17 +437,36 @@ def _make_engine(cfg: RLConfig, tokenizer, ctx):
         max_len = v.max_model_len or cfg.max_prompt_tokens + cfg.max_response_tokens
         return VLLMEngine(cfg.model, tokenizer, dtype=v.dtype, gpu_memory_utilization=v.gpu_memory_utilization,
                           max_model_len=max_len, sleep_level=v.sleep_level, enforce_eager=v.enforce_eager)
-    raise ValueError(f"engine: must be 'hf' or 'vllm', got {cfg.engine!r}")
+    raise ConfigError(f"engine: must be 'hf' or 'vllm', got {cfg.engine!r}")
 
 
 def check_config(cfg: RLConfig) -> None:
-    """Reject bad choices before anything is built (ValueError naming the field)."""
+    """Reject bad values before anything is built or written (ConfigError naming the field): the pipeline
+    checks every stage's settings this way before its first step."""
+    from redone_fast.parallelize import check_parallel_config
+    from redone_fast.rl.loss import DAPOObjective
+    from redone_fast.rollout.base import SamplingParams
     choices = {"engine": ("hf", "vllm"), "filter_metric": FILTER_METRICS, "rollout_correction": ROLLOUT_CORRECTIONS}
     for name, allowed in choices.items():
         if getattr(cfg, name) not in allowed:
-            raise ValueError(f"{name}: must be one of {', '.join(allowed)}; got {getattr(cfg, name)!r}")
-    if cfg.updates_per_rollout < 1 or cfg.rollout_steps < 0 or cfg.prompts_per_step < 1:
-        raise ValueError("updates_per_rollout and prompts_per_step must be >= 1, rollout_steps >= 0")
+            raise ConfigError(f"{name}: must be one of {', '.join(allowed)}; got {getattr(cfg, name)!r}")
+    minimum = {"updates_per_rollout": 1, "prompts_per_step": 1, "rollout_steps": 0, "max_prompt_tokens": 1,
+               "overlong_buffer": 0, "max_refill_rounds": 0, "micro_batch_tokens": 2, "generation_batch": 1,
+               "reward_workers": 0, "log_every": 1, "checkpoint_every_rollouts": 1, "keep_checkpoints": 1}
+    for name, least in minimum.items():
+        if getattr(cfg, name) < least:
+            raise ConfigError(f"{name}: must be >= {least}, got {getattr(cfg, name)}")
+    if not 0.0 <= cfg.general_ratio < 1.0:
+        raise ConfigError(f"general_ratio: must be in [0, 1), got {cfg.general_ratio}")
+    if not (cfg.reward_timeout_s > 0 and cfg.task_temperature > 0 and cfg.temperature > 0):
+        raise ConfigError(f"reward_timeout_s, task_temperature and temperature must be > 0; got "
+                          f"{cfg.reward_timeout_s}, {cfg.task_temperature}, {cfg.temperature}")
+    SamplingParams(n=cfg.samples_per_prompt, temperature=cfg.temperature, top_p=cfg.top_p,
+                   max_new_tokens=cfg.max_response_tokens)
+    DAPOObjective(eps_low=cfg.eps_low, eps_high=cfg.eps_high, dual_clip=cfg.dual_clip, aggregation=cfg.aggregation,
+                  kl_coef=cfg.kl_coef, temperature=cfg.temperature, log_ratio_clamp=cfg.log_ratio_clamp,
+                  rollout_is_cap=rollout_is_cap(cfg))
+    check_parallel_config(cfg.parallel)
 
 
 def rollout_is_cap(cfg: RLConfig) -> float | None:

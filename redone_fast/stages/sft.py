@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from redone_fast.config import to_dict
+from redone_fast.errors import ConfigError
 from redone_fast.loop.optim import OptimConfig
 from redone_fast.parallelize import ParallelConfig
 
-__all__ = ["SFTConfig", "preset", "PRESETS", "run_sft", "main"]
+__all__ = ["SFTConfig", "preset", "PRESETS", "check_config", "run_sft", "main"]
 
 
 def _tiny_model() -> str:
@@ -77,10 +78,30 @@ def preset(name: str) -> SFTConfig:
                          checkpoint_every=20, eval_max_samples=128,
                          optim=OptimConfig(lr=1e-3, weight_decay=0.1, schedule="cosine", warmup_ratio=0.1),
                          parallel=ParallelConfig(activation_checkpointing=False))
-    raise ValueError(f"unknown SFT preset {name!r} (known: {', '.join(PRESETS)})")
+    raise ConfigError(f"unknown SFT preset {name!r} (known: {', '.join(PRESETS)})")
 
 
 PRESETS = ("tiny", "paper")
+
+
+def check_config(cfg: SFTConfig) -> None:
+    """Reject bad values before anything is built or written (ConfigError naming the field): the pipeline
+    checks every stage's settings this way before its first step."""
+    from redone_fast.data.packing import OVERLONG_POLICIES
+    from redone_fast.parallelize import check_parallel_config
+    if cfg.overlong not in OVERLONG_POLICIES:
+        raise ConfigError(f"overlong: must be one of {', '.join(OVERLONG_POLICIES)}; got {cfg.overlong!r}")
+    minimum = {"epochs": 1, "batch_size": 1, "batch_tokens": 0, "micro_batch_tokens": 2, "max_length": 2,
+               "max_steps": 0, "eval_max_samples": 0, "eval_every": 0, "log_every": 1, "checkpoint_every": 0,
+               "keep_checkpoints": 1}
+    for name, least in minimum.items():
+        if getattr(cfg, name) < least:
+            raise ConfigError(f"{name}: must be >= {least}, got {getattr(cfg, name)}")
+    if cfg.max_length > cfg.micro_batch_tokens:
+        raise ConfigError(f"max_length ({cfg.max_length}) must not exceed micro_batch_tokens ({cfg.micro_batch_tokens})")
+    if not 0.0 <= cfg.general_ratio < 1.0:
+        raise ConfigError(f"general_ratio: must be in [0, 1), got {cfg.general_ratio}")
+    check_parallel_config(cfg.parallel)
 
 
 def _encode_files(tokenizer, files: list[str], max_length: int, limit: int | None = None):
@@ -119,8 +140,7 @@ def run_sft(cfg: SFTConfig, run_dir, *, stage: str = "sft") -> dict:
     run_dir = Path(run_dir)
     started = time.perf_counter()
     ctx = init_distributed()
-    if cfg.max_length > cfg.micro_batch_tokens:
-        raise ValueError(f"max_length ({cfg.max_length}) must not exceed micro_batch_tokens ({cfg.micro_batch_tokens})")
+    check_config(cfg)
     tokenizer = load_tokenizer(cfg.tokenizer or cfg.model)
     task = _encode_files(tokenizer, cfg.train_files, cfg.max_length)
     general = _encode_files(tokenizer, cfg.general_files, cfg.max_length) if cfg.general_files else []

@@ -21,6 +21,7 @@ import torch
 
 from redone_fast.data.formatting import EncodedSample
 from redone_fast.data.packing import PackedBatch, PackingStats, pack
+from redone_fast.errors import ConfigError
 from redone_fast.loop.step import rank_micro_batches
 
 __all__ = ["EpochMix", "SFTBatches", "pack_for_rank"]
@@ -42,11 +43,11 @@ class EpochMix:
 
     def __post_init__(self):
         if not 0.0 <= self.general_ratio < 1.0:
-            raise ValueError(f"general_ratio: must be in [0, 1), got {self.general_ratio}")
+            raise ConfigError(f"general_ratio: must be in [0, 1), got {self.general_ratio}")
         if self.general_ratio > 0 and self.num_general == 0:
-            raise ValueError("general_ratio > 0 but the general pool is empty")
+            raise ConfigError("general_ratio > 0 but the general pool is empty")
         if self.num_task == 0:  # the general share is a ratio of the task samples: no task, no samples
-            raise ValueError("no training samples (the task pool is empty)")
+            raise ConfigError("no training samples (the task pool is empty)")
 
     @property
     def general_per_epoch(self) -> int:
@@ -66,7 +67,7 @@ def pack_for_rank(samples: list[EncodedSample], *, micro_batch_tokens: int, max_
                   rank: int, world_size: int) -> tuple[list[PackedBatch], PackingStats]:
     batches, stats = pack(samples, micro_batch_tokens, max_length=max_length, overlong=overlong)
     if not batches:
-        raise ValueError(f"every sample of a step was dropped as over-long (max_length={max_length}, "
+        raise ConfigError(f"every sample of a step was dropped as over-long (max_length={max_length}, "
                          f"overlong={overlong!r}): nothing to train on")
     return rank_micro_batches(batches, rank, world_size, PackedBatch.without_targets), stats
 
@@ -78,7 +79,7 @@ class SFTBatches:
                  general_ratio: float, batch_size: int, batch_tokens: int, micro_batch_tokens: int,
                  max_length: int, overlong: str, seed: int, rank: int = 0, world_size: int = 1):
         if epochs < 1 or batch_size < 1 or micro_batch_tokens < 2 or batch_tokens < 0:
-            raise ValueError(f"bad SFT batching: epochs={epochs}, batch_size={batch_size}, "
+            raise ConfigError(f"bad SFT batching: epochs={epochs}, batch_size={batch_size}, "
                              f"batch_tokens={batch_tokens}, micro_batch_tokens={micro_batch_tokens}")
         self.task_samples, self.general_samples = task_samples, general_samples
         self.mix = EpochMix(len(task_samples), len(general_samples), general_ratio, seed)

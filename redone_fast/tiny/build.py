@@ -20,13 +20,15 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 
 import torch
 
 from redone_fast.data.corpus import WORLDS, generate_corpus
+from redone_fast.config import parse_bool
 from redone_fast.data.schema import write_jsonl
+from redone_fast.errors import run_cli
 from redone_fast.tiny import ASSETS, BUILD_SEED, SHIPPED_SPLITS
 from redone_fast.tiny.evaluate import evaluate
 from redone_fast.tiny.pretrain import PretrainConfig, pretrain
@@ -142,6 +144,11 @@ def build(out: str | Path = ASSETS, cfg: BuildConfig | None = None, *, evaluate_
 
 
 def main(argv=None) -> int:
+    """The build CLI; bad input ends in one `error:` line and status 2 (redone_fast.errors.run_cli)."""
+    return run_cli(_main, argv)
+
+
+def _main(argv) -> int:
     parser = argparse.ArgumentParser(prog="python -m redone_fast.tiny.build", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=str(ASSETS), help=f"output folder (default: the bundled assets, {ASSETS})")
     parser.add_argument("--seed", type=int, default=BUILD_SEED)
@@ -160,14 +167,18 @@ def main(argv=None) -> int:
     if args.lr is not None:
         cfg.train.lr = args.lr
     for item in args.set:
-        name, value = item.split("=", 1)
+        name, sep, value = item.partition("=")
         *path, leaf = name.split(".")
         target = cfg
         for part in path:
-            target = getattr(target, part)
-        if not hasattr(target, leaf):
-            parser.error(f"--set: unknown field {name!r}")
-        setattr(target, leaf, type(getattr(target, leaf))(value))
+            target = getattr(target, part, None)
+        if not sep or target is None or not hasattr(target, leaf) or is_dataclass(getattr(target, leaf)):
+            parser.error(f"--set: expected FIELD=VALUE with a known field, got {item!r}")
+        kind = type(getattr(target, leaf))
+        try:
+            setattr(target, leaf, parse_bool(value) if kind is bool else kind(value))
+        except (ValueError, argparse.ArgumentTypeError):
+            parser.error(f"--set {name}: expected a {kind.__name__}, got {value!r}")
     build(args.out, cfg, evaluate_eval=not args.no_eval)
     return 0
 
