@@ -197,3 +197,67 @@ def test_unreadable_dcp_data_with_no_fallback_is_an_error(dist_ctx, tmp_path):
 def test_keep_must_be_positive(tmp_path):
     with pytest.raises(ValueError, match="keep"):
         Checkpointer(tmp_path, keep=0)
+
+
+def _reseal(path, name: str, payload: bytes) -> None:
+    """Replace one file of a checkpoint and rewrite the manifest to match: what a tamperer would do."""
+    import zlib
+    (path / name).write_bytes(payload)
+    manifest = json.loads((path / MANIFEST).read_text())
+    manifest["files"][name] = {"bytes": len(payload), "crc32": zlib.crc32(payload)}
+    (path / MANIFEST).write_text(json.dumps(manifest))
+
+
+def _pickled(obj) -> bytes:
+    import io
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("name, payload, reason", [
+    ("rank_0.pt", lambda: _pickled({"cpu_rng": _Payload()}), "rank_0.pt does not load with weights_only=True"),
+    ("rank_0.pt", lambda: b"not a torch file", "rank_0.pt does not load with weights_only=True"),
+    ("rank_0.pt", lambda: _pickled([torch.ones(2)]), "rank_0.pt holds a list, not a dict of tensors"),
+    ("trainer.json", lambda: json.dumps({"scheduler": {}, "data": {}}).encode(), "trainer.json has no 'step'"),
+    ("trainer.json", lambda: json.dumps({"step": "3"}).encode(), "has step '3', not an integer"),
+    ("trainer.json", lambda: json.dumps({"step": 7}).encode(), "says step 7, the folder is step_00000003"),
+    ("trainer.json", lambda: b"[1, 2]", "trainer.json holds a JSON list"),
+], ids=["forbidden-global", "garbage", "not-a-dict", "no-step", "step-a-string", "step-mismatch", "a-list"])
+def test_tampered_small_files_fall_back_to_the_previous_checkpoint(dist_ctx, trained, name, payload, reason):
+    """trainer.json and rank_<r>.pt are read inside the fallback, before the model is touched."""
+    checkpointer, first, second, state_at_2, _ = trained
+    _reseal(second, name, payload())
+    model, optimizer, _ = _fresh(dist_ctx)
+    loaded = checkpointer.load_latest(model, optimizer)
+    assert _SIDE_EFFECT == []
+    assert loaded.path == first and loaded.step == 2
+    assert reason in str(checkpointer.rejected[0]) and str(second) in str(checkpointer.rejected[0])
+    _assert_same(_state(model, optimizer), state_at_2)
+    assert torch.equal(loaded.rank_state["cpu_rng"], checkpointer.load(first, model, optimizer).rank_state["cpu_rng"])
+
+
+def test_required_trainer_keys_are_checked(dist_ctx, trained):
+    checkpointer, first, second, _, _ = trained
+    model, optimizer, _ = _fresh(dist_ctx)
+    with pytest.raises(CheckpointError, match="trainer.json lacks 'marker'"):  # neither checkpoint has it
+        checkpointer.load_latest(model, optimizer, required=("marker",))
+    assert checkpointer.load_latest(model, optimizer, required=("data",)).path == second
+
+
+def test_no_usable_complete_checkpoint_is_an_error_not_a_fresh_start(dist_ctx, trained):
+    checkpointer, first, second, _, _ = trained
+    _reseal(first, "trainer.json", b"{}")
+    _reseal(second, "rank_0.pt", b"garbage")
+    model, optimizer, _ = _fresh(dist_ctx)
+    with pytest.raises(CheckpointError) as error:
+        checkpointer.load_latest(model, optimizer)
+    text = str(error.value)
+    assert str(second) in text and "rank_0.pt" in text and "step_00000002: trainer.json has no 'step'" in text
+    assert "move the folder away" in text
+
+
+def test_rank_state_must_be_tensors_by_name(dist_ctx, tmp_path):
+    model, optimizer, _ = _fresh(dist_ctx)
+    with pytest.raises(TypeError, match="rank_state"):
+        Checkpointer(tmp_path / "c").save(1, model, optimizer, trainer_state={}, rank_state={"rng": [1, 2]})

@@ -5,15 +5,21 @@ A checkpoint is a folder `step_00000012/` holding
   a checkpoint written by 2 processes loads in 1 and the other way round: DCP reshards on load);
 - `trainer.json`: the step, the scheduler, the data position, the pipeline stage and anything else the
   caller keeps, as JSON;
-- `rank_<r>.pt`: per-rank tensors (RNG states), loaded with `weights_only=True`;
+- `rank_<r>.pt`: per-rank tensors by name (RNG states), loaded with `weights_only=True`;
 - `COMPLETE.json`: written last, with every file's size and CRC-32 (the files are hashed in parallel:
   rank r hashes every W-th file, about 1-2 GB/s per rank).
 
 Never overwrite the last good checkpoint before the new one is complete: a save writes into
 `step_<n>.partial/` and renames it once every rank has finished and the manifest is on disk; only then are
 checkpoints beyond `keep` removed. On load, a folder without its manifest, with a file missing, of the wrong
-size or with the wrong checksum, or that DCP cannot read is reported with its path and skipped for the
-previous good one.
+size or with the wrong checksum, whose `trainer.json` is not an object with an integer `step` matching its
+folder (or lacks a key the caller requires), whose `rank_<r>.pt` does not load with `weights_only=True` as
+a dict of named tensors, or that DCP cannot read is reported with its path and skipped for the previous
+good one. The small files are read before the model is touched, and every rank takes the same decision
+(a rank's own `rank_<r>.pt` can be bad alone: the ranks' verdicts are gathered), because what follows is
+collective. Complete checkpoints none of which is usable are a CheckpointError naming the newest (or the
+one whose failed read may have overwritten part of the model) and its fault, not a silent restart from the initial weights (a fresh run would keep the broken folders, which sort
+after its own); only partial checkpoints (a first save that was killed) give None.
 
 Security: a tampered checkpoint must not run code. DCP unpickles two things without restriction: the
 non-tensor entries of a state dict (the optimizer's hyperparameters, `torch.load(weights_only=False)`),
@@ -41,6 +47,8 @@ from torch.distributed.checkpoint._traverse import set_element
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.metadata import StorageMeta
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+from redone_fast.distributed import all_gather_objects
 
 __all__ = ["Checkpointer", "CheckpointError", "SafeLoadPlanner", "SafeFileSystemReader", "LoadedCheckpoint"]
 
@@ -192,7 +200,11 @@ class Checkpointer:
     # --- save ---------------------------------------------------------------------------------------
 
     def save(self, step: int, model, optimizer, *, trainer_state: dict, rank_state: dict | None = None) -> Path:
-        """Save on every rank (a collective); returns the final folder. `trainer_state` must be JSON."""
+        """Save on every rank (a collective); returns the final folder. `trainer_state` must be JSON,
+        `rank_state` a dict of this rank's tensors by name."""
+        rank_state = dict(rank_state or {})
+        if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in rank_state.items()):
+            raise TypeError("rank_state: expected a dict of tensors by name")
         final = self.folder / self.step_folder_name(step)
         tmp = final.with_name(final.name + PARTIAL_SUFFIX)
         text = json.dumps({**trainer_state, "step": step, "world_size": _world()}, indent=1, sort_keys=True)
@@ -204,7 +216,7 @@ class Checkpointer:
         _barrier()
         model_state, optim_state = get_state_dict(model, optimizer)
         dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(tmp))
-        torch.save(rank_state or {}, tmp / f"rank_{_rank()}.pt")
+        torch.save(rank_state, tmp / f"rank_{_rank()}.pt")
         if _rank() == 0:
             _fsync_write(tmp / TRAINER_STATE, text)
         _barrier()
@@ -256,14 +268,68 @@ class Checkpointer:
             raise CheckpointError(path, f"checksum mismatch in {', '.join(bad)} (corrupted)")
         return manifest
 
-    def load(self, path: Path, model, optimizer) -> LoadedCheckpoint:
-        """Load one checkpoint into `model` and `optimizer` (a collective); CheckpointError if unusable."""
-        path = Path(path)
-        self.validate(path)
+    @staticmethod
+    def _folder_step(path: Path) -> int | None:
         try:
-            trainer_state = json.loads((path / TRAINER_STATE).read_text(encoding="utf-8"))
+            return int(path.name[len("step_"):]) if path.name.startswith("step_") else None
+        except ValueError:
+            return None
+
+    def _read_trainer_state(self, path: Path, required: tuple[str, ...]) -> dict:
+        try:
+            state = json.loads((path / TRAINER_STATE).read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise CheckpointError(path, f"{TRAINER_STATE} is unreadable: {e}") from e
+        if not isinstance(state, dict):
+            raise CheckpointError(path, f"{TRAINER_STATE} holds a JSON {type(state).__name__}, not an object")
+        step = state.get("step")
+        if type(step) is not int:  # bool is an int subclass: excluded too
+            found = "has no 'step'" if "step" not in state else f"has step {step!r}, not an integer"
+            raise CheckpointError(path, f"{TRAINER_STATE} {found}")
+        folder_step = self._folder_step(path)
+        if folder_step is not None and step != folder_step:
+            raise CheckpointError(path, f"{TRAINER_STATE} says step {step}, the folder is {path.name}")
+        missing = [key for key in required if key not in state]
+        if missing:
+            raise CheckpointError(path, f"{TRAINER_STATE} lacks {', '.join(map(repr, missing))}")
+        return state
+
+    @staticmethod
+    def _read_rank_state(path: Path) -> dict:
+        file = path / f"rank_{_rank()}.pt"
+        if not file.is_file():  # a rank the saving run did not have (resharded resume): nothing to restore
+            return {}
+        try:
+            state = torch.load(file, map_location="cpu", weights_only=True)
+        except Exception as e:  # UnpicklingError (a forbidden global), RuntimeError (not a torch file), EOFError...
+            raise CheckpointError(path, f"{file.name} does not load with weights_only=True: "
+                                        f"{type(e).__name__}: {str(e)[:300]}") from e
+        if not (isinstance(state, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                for k, v in state.items())):
+            raise CheckpointError(path, f"{file.name} holds a {type(state).__name__}, not a dict of tensors by name")
+        return state
+
+    def _read_small_files(self, path: Path, required: tuple[str, ...]) -> tuple[dict, dict]:
+        """trainer.json and this rank's file, or the first rank's CheckpointError on every rank (a collective)."""
+        reason = None
+        try:
+            trainer_state = self._read_trainer_state(path, required)
+            rank_state = self._read_rank_state(path)
+        except CheckpointError as e:
+            reason = e.reason
+        verdicts = all_gather_objects(reason)
+        for rank, verdict in enumerate(verdicts):
+            if verdict is not None:
+                raise CheckpointError(path, verdict if len(verdicts) == 1 else f"{verdict} (rank {rank})")
+        return trainer_state, rank_state
+
+    def load(self, path: Path, model, optimizer, *, required: tuple[str, ...] = ()) -> LoadedCheckpoint:
+        """Load one checkpoint into `model` and `optimizer` (a collective); CheckpointError if unusable.
+
+        `required`: keys `trainer.json` must have besides `step` (checked before the model is touched)."""
+        path = Path(path)
+        self.validate(path)
+        trainer_state, rank_state = self._read_small_files(path, tuple(required))
         model_state, optim_state = get_state_dict(model, optimizer)
         state = {"model": model_state, "optim": optim_state}
         try:
@@ -271,29 +337,35 @@ class Checkpointer:
         except (Exception, CheckpointException) as e:  # DCP's CheckpointException is a BaseException
             raise CheckpointError(path, f"the model/optimizer state cannot be read: {_describe(e)}") from e
         set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
-        rank_file = path / f"rank_{_rank()}.pt"
-        rank_state = torch.load(rank_file, weights_only=True) if rank_file.is_file() else {}
-        return LoadedCheckpoint(path=path, step=int(trainer_state["step"]), trainer_state=trainer_state,
+        return LoadedCheckpoint(path=path, step=trainer_state["step"], trainer_state=trainer_state,
                                 rank_state=rank_state)
 
-    def load_latest(self, model, optimizer) -> LoadedCheckpoint | None:
-        """The newest usable checkpoint, loaded; unusable ones are reported (warning + `rejected`) and skipped."""
+    def load_latest(self, model, optimizer, *, required: tuple[str, ...] = ()) -> LoadedCheckpoint | None:
+        """The newest usable checkpoint, loaded; unusable ones are reported (warning + `rejected`) and skipped.
+
+        None when there is no complete checkpoint (none yet, or only partial ones); CheckpointError, naming
+        a checkpoint and its fault, when there are complete ones and none is usable."""
         self.rejected = []
         for path in self.partial():
             self.rejected.append(CheckpointError(path, "partial checkpoint (the save was interrupted); ignored"))
+        unusable: list[CheckpointError] = []
         touched = None  # a checkpoint whose DCP read failed midway may have overwritten part of the model
         for path in self.complete():
             try:
-                return self.load(path, model, optimizer)
+                return self.load(path, model, optimizer, required=required)
             except CheckpointError as e:
                 self.rejected.append(e)
+                unusable.append(e)
                 if "cannot be read" in e.reason:
-                    touched = e
-        if touched is not None:
-            raise CheckpointError(touched.path, f"{touched.reason}; no older checkpoint could be loaded and the "
-                                                "model may be partly overwritten: move the folder away to start "
-                                                "from the initial weights")
-        return None
+                    touched = touched or e
+        if not unusable:
+            return None
+        named = touched or unusable[0]
+        others = [f"{Path(e.path).name}: {e.reason}" for e in unusable if e is not named]
+        hint = ("the model may be partly overwritten; " if touched else "") + (
+            "move the folder away to start from the initial weights")
+        raise CheckpointError(named.path, f"{named.reason}; no other checkpoint is usable"
+                                           f"{' (' + '; '.join(others) + ')' if others else ''}: {hint}")
 
     def report_rejected(self) -> None:
         if _rank() == 0:
