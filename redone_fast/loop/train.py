@@ -4,8 +4,10 @@ It knows nothing of which stage runs it (DESIGN section 2): a stage hands it a `
 optimizer, schedule, objective), a `StepSource` (this rank's micro-batches for each step, and a JSON data
 position), and a run folder. Re-running with the same folder resumes from the newest good checkpoint:
 model, optimizer, schedule, RNG states, data position and skipped-step count are restored, and the
-remaining steps give the same losses as an uninterrupted run (tests/test_fsdp_loop.py kills a run with
-SIGKILL to check it).
+remaining steps give the same losses as an uninterrupted run (tests/test_fsdp_torchrun.py kills a run
+with SIGKILL to check it; tests/test_distributed_faults.py kills one rank of two, and resumes an RL run
+with several updates per rollout). A checkpoint that cannot be used (see `loop/checkpoint.py`) is skipped
+for the previous one; when none is usable, `CheckpointError` is raised before any step runs.
 """
 from __future__ import annotations
 
@@ -56,9 +58,12 @@ class StepSource(Protocol):
 
     def load_state_dict(self, state: dict) -> None: ...
 
-    # Optional: `last_step_tokens`, every token of the last global batch (for tokens/s in the logs), and
+    # Optional: `last_step_tokens`, every token of the last global batch (for tokens/s in the logs),
     # `pop_metrics() -> dict[str, float]`, figures of its own (an RL source's rewards and phase times)
-    # added to the next logged row.
+    # added to the next logged row, and `at_resume_point() -> bool` (the same on every rank): whether
+    # `state_dict()` now resumes exactly (absent: always). A stop request is honoured at the next step
+    # where it is, e.g. after the last update of an RL rollout, whose remaining mini-batches a checkpoint
+    # does not hold; the save, and so the exit, wait for those steps.
 
 
 @dataclass
@@ -84,6 +89,11 @@ def _restore_rank_state(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda_rng"], device)
 
 
+def _at_resume_point(data) -> bool:
+    at_resume_point = getattr(data, "at_resume_point", None)
+    return True if at_resume_point is None else bool(at_resume_point())
+
+
 def train(trainer: Trainer, data: StepSource, cfg: LoopConfig, *, run_dir, stage: str = "train",
           checkpoint_dir=None, evaluate: Callable[[], dict] | None = None, extra_state: dict | None = None,
           logger: MetricsLogger | None = None) -> TrainOutcome:
@@ -96,7 +106,7 @@ def train(trainer: Trainer, data: StepSource, cfg: LoopConfig, *, run_dir, stage
     outcome = TrainOutcome(status="finished", step=0)
     skipped_total = torch.zeros((), device=ctx.device)
 
-    loaded = checkpointer.load_latest(trainer.model, trainer.optimizer)
+    loaded = checkpointer.load_latest(trainer.model, trainer.optimizer, required=("scheduler", "data"))
     for error in checkpointer.rejected:
         logger.message(f"warning: {error}")
     if loaded is not None:
@@ -121,6 +131,7 @@ def train(trainer: Trainer, data: StepSource, cfg: LoopConfig, *, run_dir, stage
         with StopRequest() as stop:
             last_saved = outcome.step
             tokens_since_log = 0
+            deferred = False  # a stop request waits for the data source's next exact resume point
             while outcome.step < cfg.total_steps:
                 micro_batches = data.next_step()
                 tokens_since_log += getattr(data, "last_step_tokens", 0)
@@ -153,6 +164,12 @@ def train(trainer: Trainer, data: StepSource, cfg: LoopConfig, *, run_dir, stage
                     last_saved = step
                 maybe_crash_for_test(step, stage)
                 if any_rank(stop.requested) and step < cfg.total_steps:
+                    if not _at_resume_point(data):
+                        if not deferred:
+                            logger.message(f"[{stage}] stop requested by signal {stop.signal} after step {step}: "
+                                           "continuing to the next step the data can resume from exactly")
+                        deferred = True
+                        continue
                     if last_saved != step:
                         save(step)
                     logger.message(f"[{stage}] stopped by signal {stop.signal} after step {step}; "

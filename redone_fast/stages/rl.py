@@ -39,8 +39,9 @@ Where this departs from the paper (arXiv 2511.07070) or fills in what it leaves 
   "auto" turns it on with vLLM (bf16 sampling kernels) and off with the transformers engine (the same fp32
   model: the mismatch is rounding).
 - A "step" of the paper is a rollout step; the loop counts optimizer steps (`updates_per_rollout` per
-  rollout). A run stopped inside a rollout's updates resumes at the next rollout (the rest of that
-  rollout's mini-batches are not replayed).
+  rollout). Checkpoints fall between rollouts: a stop request (SIGTERM) that arrives during a rollout's
+  updates is honoured after its last one, so a resumed run continues exactly (a SIGKILL resumes from the
+  last checkpoint, also between rollouts).
 - Rewards that raise or time out score 0 and are counted per task (`reward_errors/<task>`).
 - Log-probs are of the temperature-scaled logits (the distribution sampled from), for the old policy, the
   current one and the reference alike.
@@ -229,6 +230,11 @@ class RLSource:
         self.rollouts_done = int(state["rollouts_done"])
         self.sampler.load_state_dict(state["sampler"])
         self.pending = []
+
+    def at_resume_point(self) -> bool:
+        """True between rollouts, the only places `state_dict` resumes exactly (the loop defers a stop
+        request to the next one). Every rank has the same number of pending mini-batches."""
+        return not self.pending
 
     def pop_metrics(self) -> dict[str, float]:
         metrics, self._metrics = self._metrics, {}
