@@ -313,3 +313,17 @@ def test_length_rejects_inverted_bounds():
 ])
 def test_keywords(prediction, include, exclude, expected):
     assert keywords(prediction, "", include=include, exclude=exclude) == expected
+
+
+def test_set_f1_reads_a_field_of_a_json_object_list():
+    """SNS-Bench MRC-complex's answer form: the items are the "Option" fields of a JSON list in <Result>."""
+    from redone_fast.rewards import set_f1
+    reference = '<Result>[{"Option": "Dune", "Reason": "a book"}, {"Option": "Emma", "Reason": "a novel"}]</Result>'
+    assert set_f1(reference, reference, item_key="Option") == 1.0
+    swapped = '<Result>[{"Option": "emma", "Reason": "x"}, {"Option": "Dune", "Reason": "y"}]</Result>'
+    assert set_f1(swapped, reference, item_key="Option") == 1.0  # order, case and reasons do not matter
+    half = '<Result>[{"Option": "Dune", "Reason": "x"}, {"Option": "Ulysses", "Reason": "y"}]</Result>'
+    assert set_f1(half, reference, item_key="Option") == 0.5
+    for broken in ("Dune, Emma", "<Result>[{\"Option\": \"Dune\"", "<Result>[\"Dune\"]</Result>", ""):
+        assert set_f1(broken, reference, item_key="Option") == 0.0
+    assert set_f1("<Result>[]</Result>", "<Result>[]</Result>", item_key="Option") == 1.0

@@ -13,7 +13,7 @@ import pytest
 from redone_fast.data import sns_bench
 from redone_fast.data.reward_spec import REWARD_PARAMS, check_reward_spec
 from redone_fast.data.schema import DataError, parse_sample
-from redone_fast.data.sns_bench import (ENV_VAR, NO_ANSWER, SNS_BENCH_FILES, SNS_BENCH_TOTAL, default_root,
+from redone_fast.data.sns_bench import (ENV_VAR, SNS_BENCH_FILES, SNS_BENCH_TOTAL, default_root,
                                         load_sns_bench, parse_candidates, parse_list_literal, summary)
 from redone_fast.data.tasks import TASKS
 
@@ -96,22 +96,26 @@ def test_candidates_appear_in_the_prompt(bench):
                 assert level and all(candidate and candidate in sample.prompt for candidate in level), sample.id
 
 
-def test_list_answers_are_separated_and_non_empty(bench):
+def test_list_answers_are_in_the_official_formats(bench):
     _, samples = bench
-    for task, task_samples in samples.items():
-        if TASKS[task].reward["name"] != "set_f1":
-            continue
-        for sample in task_samples:
+    for task in ("sns_bench/Note-Hashtag-multiple", "sns_bench/Note-NER"):  # comma-separated
+        for sample in samples[task]:
             parts = [part.strip() for part in sample.answer.split(_separator(sample))]
             assert sample.answer.strip() and all(parts), sample.id
             assert "\n" not in sample.answer and not sample.answer.startswith("["), sample.id
     taxonomy = samples["sns_bench/Note-Taxonomy-multiple"]
     assert all(len(sample.answer.split(" | ")) == 3 for sample in taxonomy)
-    # list-literal answers are read, not copied: "['a', 'b']" -> "a, b"; "[]" -> NO_ANSWER
+    # Note-CHLW: the file's "['a', 'b']" becomes the JSON list '["a", "b"]' ("[]" stays), words from the options
     for sample in samples["sns_bench/Note-CHLW"]:
         words = parse_list_literal(sample.meta["raw_answer"])
-        assert sample.answer == (", ".join(words) if words else NO_ANSWER)
-        assert set(sample.answer.split(", ")) <= {NO_ANSWER} | {p for c in sample.meta["candidates"] for p in c.split(", ")}
+        assert json.loads(sample.answer) == words
+        assert set(words) <= set(sample.meta["candidates"]), sample.id
+    for sample in samples["sns_bench/Note-MRC-simple"]:  # the list of spans as a JSON list
+        assert json.loads(sample.answer) == sample.meta["raw_answer"]
+    for sample in samples["sns_bench/Note-MRC-complex"]:  # the answer's <Result> part alone
+        body = re.fullmatch(r"<Result>(.*)</Result>", sample.answer).group(1)
+        raw_body = re.findall(r"<Result>(.*?)</Result>", sample.meta["raw_answer"], re.S)[-1]
+        assert json.loads(body) == json.loads(raw_body)
 
 
 def test_single_line_answers(bench):
@@ -182,7 +186,7 @@ def test_fake_folder_loads(monkeypatch, tmp_path):
     with pytest.warns(UserWarning, match="items, SNS-Bench has"):
         samples = load_sns_bench(files=["Note-CHLW", "Note-Gender"])
     first, second = samples["sns_bench/Note-CHLW"]
-    assert (first.answer, second.answer) == ("Blue Harbour Bakery", NO_ANSWER)
+    assert (first.answer, second.answer) == ('["Blue Harbour Bakery"]', "[]")
     assert first.meta["candidates"] == ["Blue Harbour Bakery", "moon cake"]
     assert "We tried the moon cake" in first.prompt and "Blue Harbour Bakery, moon cake" in first.prompt
     assert samples["sns_bench/Note-Gender"][0].reward == {"name": "exact_match", "params": {"single": True}}
@@ -216,7 +220,10 @@ def test_missing_file_is_named(tmp_path):
      r"item 0: answer 'a \| b' is not a three-level path"),
     ("Note-MRC-simple", [{"query": "q", "content": "c", "answer": "not a list"}],
      r"Note-MRC-simple\.json: item 0: field 'answer' must be a list of strings"),
-    ("Note-MRC-complex", [{"content": "c", "answer": "<Result>[]</Result>"}], r"item 0: answer has no <AnswerList>"),
+    ("Note-MRC-complex", [{"content": "c", "answer": "<AnswerList>[]</AnswerList>"}],
+     r"item 0: answer has no <Result>"),
+    ("Note-MRC-complex", [{"content": "c", "answer": "<Result>[{\"Option\": \"x\"}]</Result>"}],
+     r"item 0: the answer's <Result> is not a list of"),
     ("Note-CHLW", [{"content": "Comment: no options here", "answer": "[]"}], r"item 0: field 'content' has no highlight"),
     ("Note-QueryGen", ["just a string"], r"Note-QueryGen\.json: item 0: expected a JSON object, got str"),
     ("Note-QueryGen", {"content": "x"}, r"Note-QueryGen\.json: expected a JSON list of items, got dict"),

@@ -30,7 +30,8 @@ REWARD_PARAMS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     # also at the first period or comma); classification and multiple choice.
     "exact_match": {"single": ((bool,), False), "normalize": ((bool,), False)},
     # F1 of the predicted set against the reference set (lists split on a separator): extraction, hashtags.
-    "set_f1": {"separator": ((str,), False)},
+    # item_key: the items are that field of the objects of a JSON list in the answer (SNS-Bench MRC-complex).
+    "set_f1": {"separator": ((str,), False), "item_key": ((str,), False)},
     "bleu": {"tokenize": ((str,), False)},  # sacrebleu sentence BLEU / 100: translation
     "chrf": {"word_order": ((int,), False), "tokenize": ((str,), False)},  # chrF++ (word_order=2) / 100
     "rouge": {"variant": ((str,), False), "tokenize": ((str,), False)},  # ROUGE-1/2/L F1: comprehension

@@ -8,13 +8,16 @@ Every item becomes one Sample of task `sns_bench/<file stem>`, split "eval", id 
 
 - prompt: an instruction saying what to do, the item's own text (note, query, question, sentence
   pair, comment) and its candidates where the file has them, the output format, then "Answer:".
-  Outputs are asked for on one line, lists comma-separated (levels of a category path separated by
-  " | "), because the rewards post-process SNS-Bench's way: cut at the first newline (single answers
-  also at the first period or comma), strip a leading "Answer:", split lists on the separator.
-- answer: the reference in that same format. List-like references ("['a', 'b']", the JSON list
-  inside Note-MRC-complex's <AnswerList>, Note-MRC-simple's list of spans) become "a, b"; an empty
-  list becomes NO_ANSWER ("None"), which the prompt asks for when nothing applies (so an empty
-  reference scores like SNS-Bench's own [""] trick: None against None is a match).
+  The output format is the one the official SNS-Bench evaluators parse (redone_fast.rewards.sns_bench
+  scores exactly as they do): one line; lists comma-separated for Note-Hashtag-multiple and Note-NER,
+  " | " between the levels of Note-Taxonomy-multiple's path; a JSON list of strings for Note-CHLW and
+  Note-MRC-simple ([] when nothing applies: the official code reads a list literal there); for
+  Note-MRC-complex a JSON list of {"Option", "Reason"} objects inside <Result>...</Result>.
+- answer: the reference in that same format. Note-Hashtag-multiple's and Note-NER's references become
+  "a, b" (NO_ANSWER, "None", if one were empty); Note-CHLW's "['a', 'b']" and Note-MRC-simple's list of
+  spans become JSON lists; Note-MRC-complex's answer becomes its <Result> part alone (the official
+  evaluator reads nothing else). The scores use the file's own answer (meta raw_answer), as the
+  official code does; `answer` is what a model is asked to write.
 - reward: the task's default reward from redone_fast.data.tasks (the benchmark's metric, per sample).
 - meta: file, index, raw_answer (the file's answer, untouched) and the parsed candidates, if any.
 
@@ -160,6 +163,11 @@ def join_list(items: Iterable[str], separator: str = ", ") -> str:
     return separator.join(cleaned) if cleaned else NO_ANSWER
 
 
+def _json_list(items: Iterable[str]) -> str:
+    """A list answer as a one-line JSON list of strings (also a Python literal: the official code evals it)."""
+    return json.dumps(list(items), ensure_ascii=False)
+
+
 def _show(items: list[str]) -> str:
     """Candidates for display: comma-separated, semicolons if an item itself holds a comma."""
     return ("; " if any("," in item for item in items) else ", ").join(items)
@@ -286,31 +294,43 @@ def _mrc_simple(item: Mapping) -> Built:
         "Read the social-media note below and answer the query by extracting the passage or passages "
         "of the note that answer it.",
         [f"Query: {query}", f"Note:\n{content}"],
-        f"Output the extracted text, copied from the note, on a single line. If the note does not "
-        f"answer the query, output {NO_ANSWER}.")
-    return prompt, join_list(spans, " "), {}
+        'Output the extracted passages, copied from the note, as a JSON list of strings on a single line, '
+        'e.g. ["first passage", "second passage"]. If the note does not answer the query, output [].')
+    return prompt, _json_list(spans), {}
 
 
-_ANSWER_LIST = re.compile(r"<AnswerList>(.*?)</AnswerList>", re.S)
+_RESULT = re.compile(r"<Result>(.*?)</Result>", re.S)
+
+
+def _result_entries(answer: str) -> list[dict]:
+    """The {"Option", "Reason"} objects of the answer's last <Result>...</Result> (a JSON list)."""
+    found = _RESULT.findall(answer)
+    if not found:
+        raise _ItemError("answer has no <Result>...</Result>")
+    try:
+        entries = json.loads(found[-1])
+    except json.JSONDecodeError as exc:
+        raise _ItemError(f"the answer's <Result> is not JSON ({exc.msg})") from None
+    if not isinstance(entries, list) or not all(
+            isinstance(e, dict) and isinstance(e.get("Option"), str) and isinstance(e.get("Reason"), str)
+            for e in entries):
+        raise _ItemError("the answer's <Result> is not a list of {\"Option\": str, \"Reason\": str}")
+    return [{"Option": e["Option"], "Reason": e["Reason"]} for e in entries]
 
 
 def _mrc_complex(item: Mapping) -> Built:
     content = _field(item, "content")  # "Query: ...\nLevel: ...\n\nDoc:\n<Doc>...</Doc>"
-    found = _ANSWER_LIST.findall(_field(item, "answer"))
-    if not found:
-        raise _ItemError("answer has no <AnswerList>...</AnswerList>")
-    try:
-        options = parse_list_literal(found[-1])
-    except ValueError as exc:
-        raise _ItemError(f"the answer's <AnswerList> is not a list of strings ({exc})") from None
+    entries = _result_entries(_field(item, "answer"))
     prompt = _prompt(
         "Below are a search query, the level (kind) of answer it asks for, and a document. Find every "
         "item in the document that answers the query at that level (for example each book title, "
         "brand or product name the query asks for).",
         [content],
-        f"Output the items, copied from the document and separated by commas, on a single line. If "
-        f"the document contains none, output {NO_ANSWER}.")
-    return prompt, join_list(options), {}
+        'Output the items on a single line as a JSON list inside <Result> and </Result>, one object per '
+        'item: its name copied from the document ("Option") and a short reason taken from the document '
+        '("Reason"), e.g. <Result>[{"Option": "name", "Reason": "why"}]</Result>. If the document '
+        'contains none, output <Result>[]</Result>.')
+    return prompt, f"<Result>{json.dumps(entries, ensure_ascii=False)}</Result>", {}
 
 
 def _ner(item: Mapping) -> Built:
@@ -357,9 +377,9 @@ def _chlw(item: Mapping) -> Built:
         "from it. Choose the candidate words that should be highlighted in the comment (as links a "
         "reader can tap to search for them); choose none if no candidate deserves it.",
         [comment, f"Candidate words: {_show(options) if options else '(none)'}"],
-        f"Output the chosen words, copied exactly from the candidates and separated by commas, on a "
-        f"single line. If none should be highlighted, output {NO_ANSWER}.")
-    return prompt, join_list(words), {"candidates": options}
+        'Output the chosen words, copied exactly from the candidates, as a JSON list of strings on a '
+        'single line, e.g. ["first word", "second word"]. If none should be highlighted, output [].')
+    return prompt, _json_list(words), {"candidates": options}
 
 
 def _query_gen(item: Mapping) -> Built:

@@ -27,17 +27,18 @@ TASKS: dict[str, Task] = {
     "arithmetic": Task("general", {"name": "exact_match"}, "small sums and products"),
     "copying": Task("general", {"name": "exact_match"}, "repeat a string exactly"),
     "simple_qa": Task("general", {"name": "exact_match"}, "short factual questions from a fixed table"),
-    # SNS-Bench (../shared/sns-bench; redone_fast/data/sns_bench.py): one task per file
+    # SNS-Bench (the benchmark's 12 JSON files, read by redone_fast/data/sns_bench.py): one task per file.
+    # These are per-sample training rewards; the benchmark's own file scores are rewards/sns_bench.py.
     "sns_bench/Note-Taxonomy-single": Task("sns", {"name": "exact_match", "params": {"single": True}}),
-    # "primary | secondary | tertiary": SNS-Bench scores accuracy per level; set F1 over the three
-    # levels split on "|" is the mean per-level accuracy when the answer has three levels.
+    # "primary | secondary | tertiary": SNS-Bench scores the whole path by exact match; set F1 over the
+    # levels split on "|" gives credit per level, a denser training signal.
     "sns_bench/Note-Taxonomy-multiple": Task("sns", {"name": "set_f1", "params": {"separator": "|"}}),
     "sns_bench/Note-Hashtag-single": Task("sns", {"name": "exact_match", "params": {"single": True}}),
     "sns_bench/Note-Hashtag-multiple": Task("sns", {"name": "set_f1"}),
     "sns_bench/Note-QueryCorr-topic": Task("sns", {"name": "exact_match", "params": {"single": True}}),
     "sns_bench/Note-QueryCorr-explain": Task("sns", {"name": "exact_match", "params": {"single": True}}),
     "sns_bench/Note-MRC-simple": Task("sns", {"name": "rouge"}),
-    "sns_bench/Note-MRC-complex": Task("sns", {"name": "set_f1"}),
+    "sns_bench/Note-MRC-complex": Task("sns", {"name": "set_f1", "params": {"item_key": "Option"}}),
     "sns_bench/Note-NER": Task("sns", {"name": "set_f1"}),
     "sns_bench/Note-Gender": Task("sns", {"name": "exact_match", "params": {"single": True}}),
     "sns_bench/Note-CHLW": Task("sns", {"name": "set_f1"}),

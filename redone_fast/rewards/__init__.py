@@ -8,13 +8,15 @@ Every reward is `fn(prediction, reference, **params) -> float in [0, 1]`, named 
     regex, json_format, length, keywords    redone_fast.rewards.format_checks
     code_exec                               redone_fast.rewards.code_exec (sandboxed; imported on use)
 
-Answers are post-processed SNS-Bench's way first (redone_fast.rewards.normalize). The overlap rewards
+Answers are post-processed first (redone_fast.rewards.normalize: modelled on SNS-Bench's cut at the first
+line break, but case-insensitive and reading the answer after the last "Answer:"). The overlap rewards
 pick their tokenizer per sample from the text (`tokenize="auto"`: Chinese as jieba words for ROUGE and
 sacrebleu's "zh" for BLEU, ASCII exactly as rouge-score and sacrebleu's 13a; see
 redone_fast.rewards.overlap); set_f1's default "," also splits at "，", "、" and "；". The router
 (redone_fast.rewards.router) scores a sample's completion with its reward and never raises
 (`score_sample`), and RewardPool scores batches in worker processes with a per-reward timeout.
-redone_fast.rewards.sns_bench computes the benchmark's own per-file scores (0-100).
+redone_fast.rewards.sns_bench computes the benchmark's own per-file scores (0-100), exactly as its official
+evaluators do.
 """
 from redone_fast.rewards.format_checks import json_format, keywords, length, regex
 from redone_fast.rewards.match import exact_match, set_f1

@@ -6,6 +6,8 @@ full-width separators ("北京，上海、广州；深圳"): with the default se
 """
 from __future__ import annotations
 
+import json
+
 from redone_fast.rewards.normalize import answer_text, canonical, cut_single, normalize_answer, split_items
 
 
@@ -41,14 +43,33 @@ def item_set(text: str, separator: str = DEFAULT_SEPARATOR) -> set[str]:
     return {canonical(item) for item in split_items(answer, separator)} - {""}
 
 
-def set_f1(prediction: str, reference: str, *, separator: str = DEFAULT_SEPARATOR) -> float:
+def object_item_set(text: str, key: str) -> set[str]:
+    """The canonical `key` values of the objects in the text's JSON list, from its first "[" to its last
+    "]" (e.g. SNS-Bench MRC-complex's `<Result>[{"Option": ..., "Reason": ...}]</Result>`); empty when
+    there is no such list (never evaluated as code)."""
+    start, end = text.find("["), text.rfind("]")
+    try:
+        entries = json.loads(text[start:end + 1]) if 0 <= start < end else []
+    except (json.JSONDecodeError, RecursionError):
+        return set()
+    if not isinstance(entries, list):
+        return set()
+    values = (entry.get(key) for entry in entries if isinstance(entry, dict))
+    return {canonical(value) for value in values if isinstance(value, str)} - {""}
+
+
+def set_f1(prediction: str, reference: str, *, separator: str = DEFAULT_SEPARATOR, item_key: str = "") -> float:
     """F1 of the predicted item set against the reference item set.
 
     Items are split on `separator` (the default "," also splits at "，", "、" and "；"), or read from a
-    list literal, stripped and compared case-insensitively; duplicates count once.
+    list literal, stripped and compared case-insensitively; duplicates count once. With `item_key`, the
+    items are that field of the objects of a JSON list anywhere in the text (`object_item_set`).
     F1 = 2|P & R| / (|P| + |R|); both empty -> 1.0.
     """
-    predicted, expected = item_set(prediction, separator), item_set(reference, separator)
+    if item_key:
+        predicted, expected = object_item_set(prediction, item_key), object_item_set(reference, item_key)
+    else:
+        predicted, expected = item_set(prediction, separator), item_set(reference, separator)
     if not predicted and not expected:
         return 1.0
     return 2 * len(predicted & expected) / (len(predicted) + len(expected))

@@ -1,4 +1,7 @@
-"""Answer extraction and normalisation, SNS-Bench's post-processing (../shared/sns-bench/SOURCE.md).
+"""Answer extraction and normalisation for the training rewards, modelled on SNS-Bench's post-processing
+(cut at the first line break, strip "Answer:") but forgiving where a reward should be: case-insensitive,
+the answer after the last marker. The benchmark's exact, quirk-for-quirk scoring is
+redone_fast.rewards.sns_bench, not this module.
 
 A completion may carry reasoning before its answer: a sample with a rationale is trained to write
 `rationale + "\\nAnswer: " + answer` (redone_fast.data.formatting). Every reward scores the answer
