@@ -71,6 +71,7 @@ def run_cli(main: Callable[[list[str]], int], argv: Sequence[str] | None = None)
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
+    group_before = _has_process_group()  # a caller's own group is theirs to destroy, not ours
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _raise_stopped)
@@ -89,7 +90,8 @@ def run_cli(main: Callable[[list[str]], int], argv: Sequence[str] | None = None)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-        _destroy_process_group()
+        if not group_before:
+            _destroy_process_group()
 
 
 def _late_error_types() -> tuple[type, ...]:
@@ -97,6 +99,11 @@ def _late_error_types() -> tuple[type, ...]:
     from redone_fast.loop.checkpoint import CheckpointError
     from redone_fast.rewards.sandbox import SandboxUnavailableError
     return CheckpointError, SandboxUnavailableError
+
+
+def _has_process_group() -> bool:
+    import torch.distributed as dist
+    return dist.is_available() and dist.is_initialized()
 
 
 def _destroy_process_group() -> None:

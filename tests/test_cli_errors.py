@@ -30,6 +30,9 @@ def _write_inputs(folder: Path) -> None:
     (folder / "nested.jsonl").write_text("[" * 100_000 + "]" * 100_000 + "\n")
     (folder / "bad_regex.jsonl").write_text(json.dumps({**GOOD, "reward": {"name": "regex", "params": {"pattern": "("}}}))
     (folder / "reward_name_list.jsonl").write_text(json.dumps({**GOOD, "reward": {"name": ["exact_match"]}}))
+    (folder / "reward_list.jsonl").write_text(json.dumps({**GOOD, "reward": ["exact_match"]}))
+    code = {"name": "code_exec", "params": {"expected_output": "1", "timeout_s": 1e9}}
+    (folder / "long_timeout.jsonl").write_text(json.dumps({**GOOD, "reward": code}))
     (folder / "a_file").write_text("not a folder\n")
 
 
@@ -46,6 +49,10 @@ CASES = {  # name: (arguments, what the one line must say)
     "bad-regex": (SFT + ["--run-dir", "r", "--train-files", "bad_regex.jsonl"], "bad_regex.jsonl:1: reward 'regex'"),
     "unhashable-reward": (SFT + ["--run-dir", "r", "--train-files", "reward_name_list.jsonl"],
                           "reward_name_list.jsonl:1: reward name must be a string"),
+    "reward-a-list": (SFT + ["--run-dir", "r", "--train-files", "reward_list.jsonl"],
+                      "reward_list.jsonl:1: reward must be a name or an object"),
+    "code-exec-timeout": (SFT + ["--run-dir", "r", "--train-files", "long_timeout.jsonl"],
+                          "long_timeout.jsonl:1: reward 'code_exec' parameter 'timeout_s'"),
     "run-dir-is-a-file": (SFT + ["--run-dir", "a_file"], "exists and is not a folder: a_file"),
     "bad-dtype": (SFT + ["--run-dir", "r", "--parallel.param-dtype", "float7"], "'float7' is not a torch dtype"),
     "bad-lr": (SFT + ["--run-dir", "r", "--optim.lr", "-1"], "optimizer settings out of range: lr=-1.0"),
@@ -142,6 +149,17 @@ def test_debug_shows_the_traceback(capsys):
     assert capsys.readouterr().err == "error: lr: must be positive\n"
     with pytest.raises(ConfigError):
         run_cli(bad, ["--debug"])
+
+
+def test_a_callers_process_group_is_left_alone(dist_ctx):
+    """run_cli tears down only a group its command created: an embedding trainer's group survives."""
+    import torch.distributed as dist
+
+    def bad(argv):
+        raise ConfigError("lr: must be positive")
+
+    assert run_cli(bad, []) == 2
+    assert dist.is_initialized() and dist.get_world_size() == dist_ctx.world_size
 
 
 def test_bugs_keep_their_traceback():
