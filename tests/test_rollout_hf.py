@@ -157,15 +157,23 @@ def test_stop_token_ids_end_responses(engine, prompts):
 
 @pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.7, 1.0), (1.0, 0.8), (0.7, 0.9), (1.3, 1.0)])
 def test_logprobs_match_teacher_forcing(engine, model64, prompts, temperature, top_p):
+    """The engine's log-probs against a float64 teacher-forced forward, within 1e-5 or within twice what
+    fp32 arithmetic itself gives on these tokens (the same model's plain fp32 forward against float64),
+    whichever is larger: the fp32 forward's own error depends on the CPU's BLAS kernels (measured at
+    T=1: up to 5.8e-6 on an AMD EPYC, 1.23e-5 on an Intel Xeon, where the engine gave 1.27e-5). A wrong
+    temperature, position or padding is off by orders of magnitude more."""
     sampling = SamplingParams(n=4, temperature=temperature, top_p=top_p, max_new_tokens=24, seed=3)
     groups = engine.generate(prompts, sampling)
-    worst = 0.0
+    worst = fp32_worst = 0.0
     for group in groups:
         for rollout in group:
             expected = teacher_forced_logprobs(model64, rollout, temperature)
             got = torch.tensor(rollout.logprobs, dtype=torch.float64)
             worst = max(worst, (got - expected).abs().max().item())
-    assert worst <= LOGPROB_ATOL, f"max |engine - teacher forced| = {worst:.3g}"
+            fp32 = teacher_forced_logprobs(engine.model, rollout, temperature)
+            fp32_worst = max(fp32_worst, (fp32 - expected).abs().max().item())
+    bound = max(LOGPROB_ATOL, 2 * fp32_worst)
+    assert worst <= bound, f"max |engine - teacher forced| = {worst:.3g}; fp32 forward's own error {fp32_worst:.3g}"
 
 
 def test_greedy_logprobs_are_unscaled(engine, model64, prompts):
