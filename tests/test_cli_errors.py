@@ -72,9 +72,9 @@ BAD_FILES = {"not-utf8": ("latin1.jsonl", "latin1.jsonl:1: not UTF-8 (byte 0xe9"
              "deep-nesting": ("nested.jsonl", "nested.jsonl:1: JSON nested too deeply"),
              "bad-regex": ("bad_regex.jsonl", "bad_regex.jsonl:1: reward 'regex'"),
              "unhashable-reward": ("reward_name_list.jsonl", "reward_name_list.jsonl:1: reward name must be a string")}
-for role in ("rl", "sft", "eval"):
-    for name, (file, expected) in BAD_FILES.items():
-        CASES[f"train-{role}-files-{name}"] = (TRAIN + [f"--{role}-files", file], expected)
+for index, (name, (file, expected)) in enumerate(BAD_FILES.items()):  # each file once, each role in turn
+    role = ("rl", "sft", "eval")[index % 3]
+    CASES[f"train-{role}-files-{name}"] = (TRAIN + [f"--{role}-files", file], expected)
 CASES.update({
     "train-stage2-dtype": (TRAIN + ["--stage2.parallel.param-dtype", "float7"],
                            "stage2: parallel.param_dtype: 'float7' is not a torch dtype"),
