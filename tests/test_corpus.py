@@ -57,6 +57,18 @@ def test_no_prompt_is_shared_between_splits():
     assert len(set(every)) == len(every)
 
 
+def test_sft_pool_topup_leaves_pretrain_and_the_first_draw_unchanged():
+    """The general top-up of sft_pool is drawn after pretrain from RNG streams of its own: the pretrain split
+    (and so the base model) and the pool's first draw are what they were without it, ids stay unique."""
+    plain = generate_corpus(BUILD_SEED, sft_pool_topup={})
+    full = corpus()
+    assert full["pretrain"] == plain["pretrain"] and full["eval"] == plain["eval"]
+    assert full["sft_pool"][:len(plain["sft_pool"])] == plain["sft_pool"]
+    added = collections.Counter(s.task for s in full["sft_pool"][len(plain["sft_pool"]):])
+    assert added == corpus_module.SFT_POOL_GENERAL_TOPUP
+    assert len({s.id for s in full["sft_pool"]}) == len(full["sft_pool"])
+
+
 def test_heldout_task_only_in_heldout_and_eval_covers_every_other_task():
     for split, samples in corpus().items():
         tasks = {s.task for s in samples}

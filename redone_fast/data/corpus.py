@@ -68,6 +68,12 @@ SPLIT_SIZES: dict[str, dict[str, int]] = {
     "eval": {t: EVAL_PER_TASK for t in SNS_TASKS + GENERAL_TASKS},
     "heldout": {"comment_sentiment": 200},
 }
+# More distinct general prompts for stage 2's general mix (its soft labels), drawn after pretrain so that
+# adding them left the pretrain split, and so the base model, unchanged. Stage 2 with the 150 per task
+# above at the paper's 5.6% share cost the tiny slips model 4.3 / 3.7 / 3.3 general points (shipped eval,
+# dev splits 21 / 22; seed 0); with 1000 distinct prompts per task at 35%: +0.3 / -2.0 / -2.3 (README, "How
+# the tiny defaults were chosen").
+SFT_POOL_GENERAL_TOPUP: dict[str, int] = {t: 850 for t in GENERAL_TASKS}
 RATIONALE_SHARE = {"sns": 0.35, "general": 0.45}  # in pretrain / rl / sft_pool; never in eval / heldout
 EXPLAIN = "Explain briefly, then answer."
 
@@ -443,8 +449,11 @@ def _prompt_key(prompt: str) -> bytes:
     return hashlib.blake2b(" ".join(prompt.split()).lower().encode("utf-8"), digest_size=16).digest()
 
 
-def _generate_task(task: str, split: str, count: int, seed: int, seen: set[bytes], world: str = "plain") -> list[Sample]:
-    rng = random.Random(f"redone_fast.corpus/{seed}/{split}/{task}")
+def _generate_task(task: str, split: str, count: int, seed: int, seen: set[bytes], world: str = "plain", *,
+                   stream: str | None = None, first_index: int = 0) -> list[Sample]:
+    """`count` new samples of `task` for `split`; `stream` names an RNG stream other than the split's own
+    (a later draw into the same split), `first_index` numbers their ids after the samples already drawn."""
+    rng = random.Random(f"redone_fast.corpus/{seed}/{stream or split}/{task}")
     # An RNG of their own: the slips world draws exactly the prompts of the plain one, only answers differ.
     slips = split == "pretrain" and world == "slips" and task in SLIPS
     slip_rng = random.Random(f"redone_fast.corpus/{seed}/{split}/{task}/slips")
@@ -471,7 +480,7 @@ def _generate_task(task: str, split: str, count: int, seed: int, seen: set[bytes
         reward = {"name": TASKS[task].reward["name"], "params": dict(TASKS[task].reward.get("params", {}))}
         samples.append(Sample(task=task, prompt=prompt, answer=answer, reward=reward,
                               rationale=rationale if explain else None, split=split,
-                              id=f"{split}-{task}-{len(samples):05d}",
+                              id=f"{split}-{task}-{first_index + len(samples):05d}",
                               meta={**meta, "difficulty": "hard" if hard else "easy"}))
     return samples
 
@@ -480,14 +489,18 @@ WORLDS = ("plain", "slips")
 
 
 def generate_corpus(seed: int = 0, sizes: dict[str, dict[str, int]] | None = None,
-                    world: str = "plain") -> dict[str, list[Sample]]:
+                    world: str = "plain", sft_pool_topup: dict[str, int] | None = None) -> dict[str, list[Sample]]:
     """Every split's samples, deterministic in `seed` (and `sizes`, default SPLIT_SIZES).
 
     world="slips": the pretrain split's SNS targets are often slipped answers (redone_fast/data/slips.py),
     so a base model built on it answers SNS tasks unreliably; every other split is the same as "plain".
 
     Splits are drawn in a fixed order (eval and heldout first, so their content does not depend on the
-    sizes of the others) against one set of prompt hashes, so no prompt appears twice in the corpus."""
+    sizes of the others) against one set of prompt hashes, so no prompt appears twice in the corpus.
+    `sft_pool_topup` (default SFT_POOL_GENERAL_TOPUP with the default sizes, else none) adds samples to
+    sft_pool after pretrain is drawn, from RNG streams of their own."""
+    if sft_pool_topup is None:
+        sft_pool_topup = SFT_POOL_GENERAL_TOPUP if sizes is None else {}
     sizes = SPLIT_SIZES if sizes is None else sizes
     if world not in WORLDS:
         raise ConfigError(f"world must be one of {WORLDS}, got {world!r}")
@@ -500,6 +513,12 @@ def generate_corpus(seed: int = 0, sizes: dict[str, dict[str, int]] | None = Non
                 raise ValueError(f"{task} is held out: it may only appear in the 'heldout' split, not {split!r}")
             samples += _generate_task(task, split, count, seed, seen, world)
         corpus[split] = samples
+    if sft_pool_topup:
+        pool = corpus.setdefault("sft_pool", [])
+        for task, count in sft_pool_topup.items():
+            drawn = sum(s.task == task for s in pool)
+            pool += _generate_task(task, "sft_pool", count, seed, seen, world, stream="sft_pool_topup",
+                                   first_index=drawn)
     return {split: corpus[split] for split in SPLITS if split in corpus}
 
 
