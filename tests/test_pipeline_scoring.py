@@ -15,9 +15,9 @@ from redone_fast.pipeline.scoring import (EvalConfig, ModelScores, domain_means,
 from redone_fast.rollout.base import Rollout
 
 # Greedy scores of the bundled tiny model on the bundled eval split (mean reward x 100, each sample's own reward).
-TINY_SCORES = {"note_taxonomy": 53.0, "hashtag_choice": 30.0, "query_relevance": 24.0, "entity_extraction": 48.7,
-               "slang_translation": 73.8, "arithmetic": 99.0, "copying": 99.0, "simple_qa": 99.0}
-TINY_SNS, TINY_GENERAL = 45.9, 99.0
+TINY_SCORES = {"note_taxonomy": 34.0, "hashtag_choice": 35.0, "query_relevance": 9.0, "entity_extraction": 50.7,
+               "slang_translation": 58.8, "arithmetic": 96.0, "copying": 99.0, "simple_qa": 98.0}
+TINY_SNS, TINY_GENERAL = 37.5, 97.7
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -3,9 +3,9 @@
 Both score the bundled query_relevance prompts (grade a query-note pair 0-3) with a reward the base model
 meets about half the time (the grade is low, or high): a preference it can sample, so a working DAPO stage
 must raise the reward of all sampled answers within a few rollouts. They test the machinery, not the world:
-on the bundled exact-match rewards the sampled reward does not rise beyond its noise in 16 rollouts
-(measured: 0.27 -> 0.365 over the first / last three rollouts with one sampling stream, 0.27 -> 0.27 with
-another; README, "sampling headroom").
+on the first bundled base (the plain world) the exact-match rewards did not rise beyond their noise in 16
+rollouts (0.27 -> 0.365 over the first / last three rollouts with one sampling stream, 0.27 -> 0.27 with
+another); the pipeline's stage 1 measures the shipped world's own rewards (README).
 - on-policy (the tiny preset: one update per rollout); it also checks what a step logs;
 - off-policy (the paper's setting: 4 updates per rollout, so updates 2-4 train on answers an older policy
   sampled and the clip is active): each rollout's first update is exactly on-policy (ratio 1: the old

@@ -50,7 +50,7 @@ class ModelShape:
 @dataclass
 class BuildConfig:
     seed: int = BUILD_SEED
-    world: str = "plain"  # "slips": the pretrain SNS targets slip often (redone_fast/data/slips.py)
+    world: str = "slips"  # the pretrain SNS targets slip often (redone_fast/data/slips.py); "plain": they never do
     vocab_size: int = 3072  # BPE target; the trainer stops earlier when merges run out (min frequency 2)
     threads: int = 2
     model: ModelShape = field(default_factory=ModelShape)
@@ -158,8 +158,9 @@ def _main(argv) -> int:
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                         help="override a config field, e.g. train.batch_tokens=2048 model.hidden_size=128")
     parser.add_argument("--no-eval", action="store_true", help="skip the greedy eval at the end")
-    parser.add_argument("--world", default="plain", choices=WORLDS,
-                        help="slips: a base that answers SNS tasks unreliably (redone_fast/data/slips.py)")
+    parser.add_argument("--world", default="slips", choices=WORLDS,
+                        help="slips (the default, shipped): a base that answers SNS tasks unreliably "
+                             "(redone_fast/data/slips.py); plain: the first bundled world, no slips")
     args = parser.parse_args(argv)
     cfg = BuildConfig(seed=args.seed, threads=args.threads, world=args.world)
     if args.epochs is not None:
