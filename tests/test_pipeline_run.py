@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from redone_fast.pipeline.config import preset
 from redone_fast.tiny import data_path
 
 # Every stage and step shortened: a whole redone run takes about a minute on two cores.
@@ -132,6 +133,9 @@ def test_baseline_recipes(tmp_path, recipe, stages):
     if recipe == "sft-then-rl":
         rl_cfg = json.loads((tmp_path / recipe / "stage2" / "stage2_config.json").read_text())
         assert rl_cfg["model"] == str(tmp_path / recipe / "stage1" / "export")
+        # RL after SFT runs under stage 3's settings, as redone's stage 3 does (the tiny preset's rates differ)
+        assert rl_cfg["optim"]["lr"] == preset("tiny").stage3.optim.lr != preset("tiny").stage1.optim.lr
+        assert rl_cfg["rollout_steps"] == 2
 
 
 def test_empty_failure_bucket_skips_stage2(tmp_path):

@@ -260,8 +260,9 @@ class Pipeline:
         return self._run_sft(key, stage_dir, model)
 
     def _rl_config(self, key: str):
-        # redone: stages 1 and 3 have their own settings; sft-then-rl's RL stage uses stage 1's
-        return self.cfg.stage3 if (self.recipe == "redone" and key == "stage3") else self.cfg.stage1
+        # RL on the base model takes stage 1's settings, RL after an SFT stage stage 3's (redone's stage 3 and
+        # sft-then-rl's stage 2), so the two recipes' post-SFT RL runs under the same settings
+        return self.cfg.stage1 if key == "stage1" else self.cfg.stage3
 
     def _run_rl(self, key: str, stage_dir: Path, model: str) -> dict:
         from redone_fast.pipeline.diagnosis import split_by_domain
