@@ -87,7 +87,7 @@ def test_run_folder_and_report(crashed_then_resumed):
     assert len(soft) == 8
     stage2_cfg = json.loads((run_dir / "stage2" / "stage2_config.json").read_text())
     assert stage2_cfg["general_files"] == [str(run_dir / "soft_labels" / "general.jsonl")]
-    assert stage2_cfg["general_ratio"] == pytest.approx(0.056)
+    assert stage2_cfg["general_ratio"] == pytest.approx(preset("tiny").stage2.general_ratio) == pytest.approx(0.35)
     markdown = (run_dir / "report.md").read_text()
     assert "| **SNS average** |" in markdown and "Capability map" in markdown
     for name in ("reward_per_step", "task_scores", "sns_vs_general"):

@@ -543,8 +543,9 @@ def _main(argv) -> int:
     parser.add_argument("--out", required=True, help="output folder: one <split>.jsonl per split")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS)
-    parser.add_argument("--world", default="plain", choices=WORLDS,
-                        help="slips: pretrain SNS targets slip often (redone_fast/data/slips.py)")
+    parser.add_argument("--world", default="slips", choices=WORLDS,
+                        help="slips (the shipped model's, as tiny.build): pretrain SNS targets slip often "
+                             "(redone_fast/data/slips.py); plain: they never do. Only pretrain differs")
     args = parser.parse_args(argv)
     for split, path in write_corpus(args.out, args.seed, args.splits, args.world).items():
         print(f"{split:9s} {sum(1 for _ in path.open(encoding='utf-8')):6d} samples  {path}")
