@@ -55,6 +55,7 @@ import torch
 import transformers
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel
 
+from redone_fast.attention import NO_MASK, PACKED_SDPA, takes_per_sample_route
 from redone_fast.errors import ConfigError, RedoneError
 
 try:  # transformers 5.x: packed position ids give a block-diagonal causal mask (module docstring)
@@ -121,12 +122,13 @@ def _flash_attn_importable() -> bool:
 
 
 def default_attn_implementation(device, dtype: torch.dtype | None = None) -> str:
-    """"flash_attention_2" on CUDA when flash_attn imports (and the dtype is 16-bit), else "sdpa"."""
+    """"flash_attention_2" on CUDA when flash_attn imports (and the dtype is 16-bit), else `PACKED_SDPA`
+    (redone_fast.attention: torch SDPA per sample of a packed row; "sdpa" itself everywhere else)."""
     dtype = default_dtype(device) if dtype is None else dtype
     if (torch.device(device).type == "cuda" and dtype in (torch.bfloat16, torch.float16)
             and _flash_attn_importable()):
         return "flash_attention_2"
-    return "sdpa"
+    return PACKED_SDPA
 
 
 # --- folder checks ----------------------------------------------------------------------------------
@@ -373,8 +375,9 @@ def _check_packed(input_ids, position_ids, cu_seqlens, validate: bool) -> None:
 
 
 def _attention_takes_cu_seqlens(attn_implementation: str) -> bool:
-    """flash_attention_2/3 (and hub flash kernels): varlen kernels fed with cu_seqlens, no mask."""
-    return "flash" in attn_implementation
+    """flash_attention_2/3 (and hub flash kernels): varlen kernels fed with cu_seqlens, no mask; and
+    `PACKED_SDPA`, which runs SDPA per sample from them."""
+    return "flash" in attn_implementation or attn_implementation == PACKED_SDPA
 
 
 def packed_hidden_states(model: PreTrainedModel, input_ids: torch.Tensor, position_ids: torch.Tensor,
@@ -401,6 +404,8 @@ def packed_hidden_states(model: PreTrainedModel, input_ids: torch.Tensor, positi
         if max_seqlen is None:
             max_seqlen = int((cu[1:] - cu[:-1]).max())
         kwargs = dict(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=max_seqlen, max_length_k=max_seqlen)
+        if attn == PACKED_SDPA and takes_per_sample_route(getattr(body.config, "sliding_window", None), max_seqlen):
+            attention_mask = NO_MASK  # no layer would read a mask: skip building one
     elif attn in ("sdpa", "eager") and not TRANSFORMERS_DETECTS_PACKING and cu_seqlens.numel() > 2:
         mask_dtype = torch.bool if attn == "sdpa" else body.dtype
         attention_mask = block_causal_mask(cu_seqlens, num_tokens, dtype=mask_dtype, device=input_ids.device)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 transformers = pytest.importorskip("transformers")
 
 from redone_fast import model as M  # noqa: E402
+from redone_fast.attention import PACKED_SDPA  # noqa: E402
 from redone_fast.model import (  # noqa: E402
     ModelFolderError, block_causal_mask, check_model_folder, default_attn_implementation, default_dtype,
     load_model, load_tokenizer, model_body_and_head, packed_hidden_states,
@@ -196,18 +197,18 @@ def test_defaults_on_cpu_and_overrides(monkeypatch):
         pytest.skip("checks the CPU defaults")
     model = load_model(tiny_config("qwen3"))
     assert model.dtype == torch.float32 and model.device.type == "cpu"
-    assert model.config._attn_implementation == "sdpa" and not model.training
+    assert model.config._attn_implementation == PACKED_SDPA and not model.training
     model = load_model(tiny_config("qwen3"), dtype=torch.bfloat16, attn_implementation="eager")
     assert model.dtype == torch.bfloat16 and model.config._attn_implementation == "eager"
     assert load_model(tiny_config("qwen3"), dtype="float16").dtype == torch.float16
     assert default_dtype("cpu") == torch.float32 and default_dtype("cuda") == torch.bfloat16
-    assert default_attn_implementation("cpu") == "sdpa"
+    assert default_attn_implementation("cpu") == PACKED_SDPA
     monkeypatch.setattr(M, "_flash_attn_importable", lambda: True)
     assert default_attn_implementation("cuda") == "flash_attention_2"
-    assert default_attn_implementation("cuda", torch.float32) == "sdpa"  # flash-attn is 16-bit only
-    assert default_attn_implementation("cpu") == "sdpa"
+    assert default_attn_implementation("cuda", torch.float32) == PACKED_SDPA  # flash-attn is 16-bit only
+    assert default_attn_implementation("cpu") == PACKED_SDPA
     monkeypatch.setattr(M, "_flash_attn_importable", lambda: False)
-    assert default_attn_implementation("cuda") == "sdpa"
+    assert default_attn_implementation("cuda") == PACKED_SDPA
 
 
 def test_random_init_is_seeded():
@@ -256,7 +257,9 @@ def test_save_and_load_round_trip(saved_folder, tmp_path):
 
     loaded = load_model(path)
     assert check_model_folder(path, tokenizer=True).model_type == "qwen3"
-    assert loaded.dtype == torch.float32 and loaded.config._attn_implementation == "sdpa"
+    assert loaded.dtype == torch.float32 and loaded.config._attn_implementation == PACKED_SDPA
+    # The attention choice is the loader's, not the checkpoint's: nothing of it is saved.
+    assert PACKED_SDPA not in (path / "config.json").read_text()
     with torch.no_grad():
         torch.testing.assert_close(loaded(input_ids=ids).logits, original(input_ids=ids).logits, rtol=0, atol=0)
     _, weight = model_body_and_head(loaded)
