@@ -62,6 +62,14 @@ void check_ce_grad(const at::Tensor& logits, const at::Tensor& target, const at:
   check_rows(row_scale, "ce_grad_", "row_scale", at::kFloat, rows, device);
 }
 
+void check_ce_stats_grad(const at::Tensor& logits, const at::Tensor& target, const at::Tensor& row_scale,
+                         c10::DeviceType device) {
+  check_logits(logits, "ce_stats_grad_", device);
+  const c10::SymInt rows = logits.sym_size(0);
+  check_rows(target, "ce_stats_grad_", "target", at::kLong, rows, device);
+  check_rows(row_scale, "ce_stats_grad_", "row_scale", at::kFloat, rows, device);
+}
+
 void check_logprob_grad(const at::Tensor& logits, const at::Tensor& target, const at::Tensor& lse,
                         const std::optional<at::Tensor>& entropy, const std::optional<at::Tensor>& grad_logp,
                         const std::optional<at::Tensor>& grad_entropy, c10::DeviceType device) {
@@ -115,6 +123,14 @@ void ce_grad_cpu(const at::Tensor& logits, const at::Tensor& target, const at::T
   cpu::ce_grad_(logits, target, lse, row_scale, label_smoothing, z_loss, softcap);
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ce_stats_grad_cpu(const at::Tensor& logits, const at::Tensor& target,
+                                                                 const at::Tensor& row_scale, double label_smoothing,
+                                                                 double z_loss, double softcap, bool need_sum) {
+  check_ce_stats_grad(logits, target, row_scale, c10::DeviceType::CPU);
+  at::assert_no_internal_overlap(logits);
+  return cpu::ce_stats_grad_(logits, target, row_scale, label_smoothing, z_loss, softcap, need_sum);
+}
+
 void logprob_grad_cpu(const at::Tensor& logits, const at::Tensor& target, const at::Tensor& lse,
                       const std::optional<at::Tensor>& entropy, const std::optional<at::Tensor>& grad_logp,
                       const std::optional<at::Tensor>& grad_entropy, double inv_temperature) {
@@ -149,6 +165,17 @@ void ce_grad_meta(const at::Tensor& logits, const at::Tensor& target, const at::
   check_ce_grad(logits, target, lse, row_scale, c10::DeviceType::Meta);
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ce_stats_grad_meta(
+    const at::Tensor& logits, const at::Tensor& target, const at::Tensor& row_scale, double /*label_smoothing*/,
+    double /*z_loss*/, double /*softcap*/, bool need_sum) {
+  check_ce_stats_grad(logits, target, row_scale, c10::DeviceType::Meta);
+  const auto options = logits.options().dtype(at::kFloat);
+  const c10::SymInt rows = logits.sym_size(0);
+  const c10::SymInt none = 0;
+  return {at::empty_symint({rows}, options), at::empty_symint({rows}, options),
+          at::empty_symint({need_sum ? rows : none}, options)};
+}
+
 void logprob_grad_meta(const at::Tensor& logits, const at::Tensor& target, const at::Tensor& lse,
                        const std::optional<at::Tensor>& entropy, const std::optional<at::Tensor>& grad_logp,
                        const std::optional<at::Tensor>& grad_entropy, double /*inv_temperature*/) {
@@ -177,6 +204,9 @@ TORCH_LIBRARY(redone_fast_C, m) {
       "ce_grad_(Tensor(a!) logits, Tensor target, Tensor lse, Tensor row_scale, float label_smoothing, "
       "float z_loss, float softcap) -> ()");
   m.def(
+      "ce_stats_grad_(Tensor(a!) logits, Tensor target, Tensor row_scale, float label_smoothing, float z_loss, "
+      "float softcap, bool need_sum) -> (Tensor lse, Tensor target_logit, Tensor sum_logits)");
+  m.def(
       "logprob_grad_(Tensor(a!) logits, Tensor target, Tensor lse, Tensor? entropy, Tensor? grad_logp, "
       "Tensor? grad_entropy, float inv_temperature) -> ()");
   m.def(
@@ -187,6 +217,7 @@ TORCH_LIBRARY(redone_fast_C, m) {
 TORCH_LIBRARY_IMPL(redone_fast_C, CPU, m) {
   m.impl("row_stats", &redone_fast::row_stats_cpu);
   m.impl("ce_grad_", &redone_fast::ce_grad_cpu);
+  m.impl("ce_stats_grad_", &redone_fast::ce_stats_grad_cpu);
   m.impl("logprob_grad_", &redone_fast::logprob_grad_cpu);
   m.impl("group_advantages", &redone_fast::group_advantages_cpu);
 }
@@ -194,6 +225,7 @@ TORCH_LIBRARY_IMPL(redone_fast_C, CPU, m) {
 TORCH_LIBRARY_IMPL(redone_fast_C, Meta, m) {
   m.impl("row_stats", &redone_fast::row_stats_meta);
   m.impl("ce_grad_", &redone_fast::ce_grad_meta);
+  m.impl("ce_stats_grad_", &redone_fast::ce_stats_grad_meta);
   m.impl("logprob_grad_", &redone_fast::logprob_grad_meta);
   m.impl("group_advantages", &redone_fast::group_advantages_meta);
 }

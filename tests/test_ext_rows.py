@@ -1,4 +1,4 @@
-"""The C++ row kernels (torch.ops.redone_fast_C.row_stats / ce_grad_ / logprob_grad_, through
+"""The C++ row kernels (torch.ops.redone_fast_C.row_stats / ce_grad_ / ce_stats_grad_ / logprob_grad_, through
 redone_fast.ops._ext_rows) against float64, within the error budget of the torch row work
 (redone_fast.ops._torch_rows) in fp32; their Meta implementations; torch.library.opcheck; and every
 compiled instruction-set variant of the kernels (REDONE_FAST_CPU_ISA, in a child process)."""
@@ -152,6 +152,33 @@ def test_ce_grad_against_float64(dtype, rows, vocab, label_smoothing, z_loss, so
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=ids)
 @pytest.mark.parametrize("rows,vocab", SHAPES)
+@pytest.mark.parametrize("label_smoothing,z_loss,softcap", [(0.0, 0.0, 0.0), (0.1, 1e-3, 0.0), (0.2, 1e-2, 5.0)])
+def test_ce_stats_grad_against_float64_and_the_two_kernels(dtype, rows, vocab, label_smoothing, z_loss, softcap):
+    """The one-pass operator: statistics and gradient within budget of float64, and bit for bit what
+    row_stats followed by ce_grad_ give (the same arithmetic, one row at a time)."""
+    logits, target = make_chunk(rows, vocab, dtype)
+    row_scale = torch.rand(rows) * valid_targets(target, vocab)
+    options = dict(label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap)
+    fused = logits.clone()
+    lse, target_logit, sums = _ext_rows.ce_stats_grad_(fused, target, row_scale, need_sum=label_smoothing > 0,
+                                                       **options)
+    two_pass = logits.clone()
+    lse2, target_logit2, sums2, _ = _ext_rows.row_stats(two_pass, target, softcap=softcap,
+                                                        need_sum=label_smoothing > 0)
+    _ext_rows.ce_grad_(two_pass, target, lse2, row_scale, **options)
+    assert torch.equal(fused, two_pass) and torch.equal(lse, lse2) and torch.equal(target_logit, target_logit2)
+    assert (sums is None) == (label_smoothing == 0) and (sums is None or torch.equal(sums, sums2))
+    lse64, target64, sum64, _ = stats64(logits, target, 1.0, softcap)
+    torch.testing.assert_close(lse.double(), lse64, rtol=2e-6, atol=2e-6)
+    torch.testing.assert_close(target_logit.double(), target64, rtol=2e-6, atol=2e-6)
+    truth = ce_grad64(logits, target, lse, row_scale, label_smoothing, z_loss, softcap)
+    theirs = logits.clone()
+    _torch_rows.ce_grad_(theirs, target, lse, row_scale, **options)
+    assert_within_budget("ce_grad", fused, theirs, truth, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=ids)
+@pytest.mark.parametrize("rows,vocab", SHAPES)
 @pytest.mark.parametrize("grads", ["logp", "entropy", "both"])
 @pytest.mark.parametrize("inv_temperature", [1.0, 1 / 0.7])
 def test_logprob_grad_against_float64(dtype, rows, vocab, grads, inv_temperature):
@@ -260,6 +287,11 @@ def test_meta_shapes(dtype):
     assert OPS.logprob_grad_(logits, target, vec, vec, vec, vec, 1.0) is None
     with pytest.raises(RuntimeError, match="lse must have shape"):
         OPS.ce_grad_(logits, target, vec[:2], vec, 0.1, 0.0, 0.0)
+    for need_sum in (False, True):
+        outs = OPS.ce_stats_grad_(logits, target, vec, 0.1, 0.0, 0.0, need_sum)
+        assert [tuple(o.shape) for o in outs] == [(4,), (4,), (4,) if need_sum else (0,)]
+    with pytest.raises(RuntimeError, match="row_scale must have shape"):
+        OPS.ce_stats_grad_(logits, target, vec[:2], 0.1, 0.0, 0.0, False)
 
 
 def test_fake_tensor_shapes():
@@ -272,13 +304,14 @@ def test_fake_tensor_shapes():
         OPS.ce_grad_(logits, target, lse, lse, 0.0, 0.0, 0.0)
 
 
-@pytest.mark.parametrize("op", ["row_stats", "ce_grad_", "logprob_grad_"])
+@pytest.mark.parametrize("op", ["row_stats", "ce_grad_", "ce_stats_grad_", "logprob_grad_"])
 def test_opcheck(op):
     logits, target, vec = sample_args()
     target[1] = -100
     args = {
         "row_stats": (logits, target, 0.8, 5.0, True, True),
         "ce_grad_": (logits, target, torch.logsumexp(logits, 1), vec, 0.1, 1e-3, 0.0),
+        "ce_stats_grad_": (logits, target, vec, 0.1, 1e-3, 5.0, True),
         "logprob_grad_": (logits, target, torch.logsumexp(logits, 1), vec, vec, None, 1.0),
     }[op]
     torch.library.opcheck(getattr(OPS, op).default, args)

@@ -18,6 +18,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> row_stats(
 void ce_grad_(const at::Tensor& logits, const at::Tensor& target, const at::Tensor& lse,
               const at::Tensor& row_scale, double label_smoothing, double z_loss, double softcap);
 
+// row_stats (no entropy, no temperature) and then ce_grad_ with its lse, row by row -> (lse, target_logit,
+// sum_logits or empty).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ce_stats_grad_(const at::Tensor& logits, const at::Tensor& target,
+                                                              const at::Tensor& row_scale, double label_smoothing,
+                                                              double z_loss, double softcap, bool need_sum);
+
 void logprob_grad_(const at::Tensor& logits, const at::Tensor& target, const at::Tensor& lse,
                    const std::optional<at::Tensor>& entropy, const std::optional<at::Tensor>& grad_logp,
                    const std::optional<at::Tensor>& grad_entropy, double inv_temperature);

@@ -1,4 +1,5 @@
-// C++ CPU row kernels of the fused LM-head ops: row_stats, ce_grad_, logprob_grad_ (csrc/README.md).
+// C++ CPU row kernels of the fused LM-head ops: row_stats, ce_grad_, ce_stats_grad_, logprob_grad_
+// (csrc/README.md).
 // Same math as kernels/lm_head_rows.py (Triton) and redone_fast/ops/_torch_rows.py (torch): logits
 // chunk [n, V] in fp32/bf16/fp16, every computation in fp32, rows in parallel (at::parallel_for).
 //
@@ -55,6 +56,17 @@ struct CeGradArgs {
   float label_smoothing, z_loss, softcap;
 };
 
+struct CeStatsGradArgs {
+  void* logits;
+  int64_t row_stride, vocab;
+  LogitsDtype dtype;
+  const int64_t* target;
+  const float* row_scale;
+  float label_smoothing, z_loss, softcap;
+  bool need_sum;
+  float *lse, *target_logit, *sum_logits;
+};
+
 struct LogprobGradArgs {
   void* logits;
   int64_t row_stride, vocab;
@@ -69,6 +81,7 @@ struct RowKernels {
   void (*row_stats)(const StatsArgs&, int64_t, int64_t);
   void (*ce_grad)(const CeGradArgs&, int64_t, int64_t);
   void (*logprob_grad)(const LogprobGradArgs&, int64_t, int64_t);
+  void (*ce_stats_grad)(const CeStatsGradArgs&, int64_t, int64_t);
 };
 
 }  // namespace
@@ -110,11 +123,12 @@ namespace {
 
 RowKernels pick_kernels() {
   const RowKernels fallback{"default", isa_default::row_stats_range, isa_default::ce_grad_range,
-                            isa_default::logprob_grad_range};
+                            isa_default::logprob_grad_range, isa_default::ce_stats_grad_range};
 #ifdef REDONE_FAST_X86_VARIANTS
-  const RowKernels avx2{"avx2", isa_avx2::row_stats_range, isa_avx2::ce_grad_range, isa_avx2::logprob_grad_range};
+  const RowKernels avx2{"avx2", isa_avx2::row_stats_range, isa_avx2::ce_grad_range, isa_avx2::logprob_grad_range,
+                        isa_avx2::ce_stats_grad_range};
   const RowKernels avx512{"avx512", isa_avx512::row_stats_range, isa_avx512::ce_grad_range,
-                          isa_avx512::logprob_grad_range};
+                          isa_avx512::logprob_grad_range, isa_avx512::ce_stats_grad_range};
   __builtin_cpu_init();
   const bool has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   const bool has_avx512 = has_avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
@@ -178,6 +192,26 @@ void ce_grad_(const at::Tensor& logits, const at::Tensor& target, const at::Tens
                         static_cast<float>(z_loss), static_cast<float>(softcap)};
   const auto kernel = kernels().ce_grad;
   at::parallel_for(0, rows, grain_rows(vocab), [&](int64_t begin, int64_t end) { kernel(args, begin, end); });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ce_stats_grad_(const at::Tensor& logits, const at::Tensor& target,
+                                                              const at::Tensor& row_scale, double label_smoothing,
+                                                              double z_loss, double softcap, bool need_sum) {
+  const int64_t rows = logits.size(0), vocab = logits.size(1);
+  const auto options = logits.options().dtype(at::kFloat);
+  at::Tensor lse = at::empty({rows}, options);
+  at::Tensor target_logit = at::empty({rows}, options);
+  at::Tensor sum_logits = at::empty({need_sum ? rows : 0}, options);
+  const at::Tensor target_c = target.contiguous(), scale_c = row_scale.contiguous();
+  const CeStatsGradArgs args{logits.mutable_data_ptr(), logits.stride(0), vocab, logits_dtype(logits),
+                             target_c.const_data_ptr<int64_t>(), scale_c.const_data_ptr<float>(),
+                             static_cast<float>(label_smoothing), static_cast<float>(z_loss),
+                             static_cast<float>(softcap), need_sum, lse.mutable_data_ptr<float>(),
+                             target_logit.mutable_data_ptr<float>(),
+                             need_sum ? sum_logits.mutable_data_ptr<float>() : nullptr};
+  const auto kernel = kernels().ce_stats_grad;
+  at::parallel_for(0, rows, grain_rows(vocab), [&](int64_t begin, int64_t end) { kernel(args, begin, end); });
+  return {lse, target_logit, sum_logits};
 }
 
 void logprob_grad_(const at::Tensor& logits, const at::Tensor& target, const at::Tensor& lse,

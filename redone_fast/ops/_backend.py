@@ -25,8 +25,10 @@ CHUNK_BYTES_ENV = "REDONE_FAST_CHUNK_BYTES"
 
 # Byte budget for the chunk-sized temporaries of the logits (see _chunking.plan_chunk_rows).
 # 1 GiB on GPU keeps the per-chunk GEMMs large (thousands of rows at V = 151936) while bounding
-# memory far below the 5 GB of a 16k-token bf16 logits tensor; CPUs gain nothing from larger chunks.
-DEFAULT_CHUNK_BYTES = {"cuda": 1 << 30, "cpu": 256 << 20}
+# memory far below the 5 GB of a 16k-token bf16 logits tensor. 64 MiB on CPU: the peak then stays
+# below torch's own chunked F.linear_cross_entropy at its defaults (issue 16; 512 rows at V = 32768,
+# GEMMs large enough for the BLAS: benchmarks/README.md has the measurements).
+DEFAULT_CHUNK_BYTES = {"cuda": 1 << 30, "cpu": 64 << 20}
 
 
 def triton_interpreted() -> bool:

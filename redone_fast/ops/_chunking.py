@@ -79,11 +79,18 @@ class LMHead:
         self.native = self.low_precision and fp32_output_gemms(hidden.device, hidden.dtype)
         self._weight32 = weight.float() if self.low_precision and not self.native else None
 
-    def logits(self, start: int, end: int) -> torch.Tensor:
-        """fp32 logits [end - start, V] of tokens start..end (rows `padded_vocab` apart)."""
+    def chunk_buffer(self, rows: int) -> torch.Tensor:
+        """An fp32 [rows, padded_vocab] buffer for `logits(..., out=)`."""
+        return torch.empty(rows, self.padded_vocab, dtype=torch.float32, device=self.hidden.device)
+
+    def logits(self, start: int, end: int, buffer: torch.Tensor | None = None) -> torch.Tensor:
+        """fp32 logits [end - start, V] of tokens start..end (rows `padded_vocab` apart), written into the
+        first rows of `buffer` (from `chunk_buffer`) when given."""
         rows = self.hidden[start:end]
         vocab = self.weight.shape[0]
-        out = torch.empty(end - start, self.padded_vocab, dtype=torch.float32, device=rows.device)[:, :vocab]
+        if buffer is None:
+            buffer = self.chunk_buffer(end - start)
+        out = buffer[: end - start, :vocab]
         if not self.low_precision:
             return torch.mm(rows, self.weight.t(), out=out)
         if self.native:
@@ -113,11 +120,14 @@ class LMHead:
 def logit_chunks(head: LMHead, chunk_rows: int) -> Iterator[tuple[int, int, torch.Tensor]]:
     """Yield (start, end, fp32 logits [end - start, V]).
 
-    Callers `del` the chunk at the end of their loop body: the loop variable would otherwise keep it
-    alive while the next one is computed, doubling the peak."""
-    for start in range(0, head.hidden.shape[0], chunk_rows):
-        end = min(start + chunk_rows, head.hidden.shape[0])
-        yield start, end, head.logits(start, end)
+    Every chunk is written into one buffer allocated once: a chunk is consumed before the next is asked
+    for, and a fresh chunk-sized allocation per chunk costs its page faults again each time on CPU (a
+    64 MiB chunk is above glibc's mmap threshold: every allocation is new, zero-filled pages)."""
+    num_tokens = head.hidden.shape[0]
+    buffer = head.chunk_buffer(min(chunk_rows, num_tokens))
+    for start in range(0, num_tokens, chunk_rows):
+        end = min(start + chunk_rows, num_tokens)
+        yield start, end, head.logits(start, end, buffer)
 
 
 class HeadGradients:
@@ -164,7 +174,6 @@ def backward_through_head(
     for start, end, logits in logit_chunks(head, chunk_rows):
         logits_to_grad_(start, end, logits)
         grads.add_chunk(start, end, logits)
-        del logits  # one chunk alive at a time
     return grads.result()
 
 

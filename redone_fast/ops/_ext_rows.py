@@ -43,6 +43,18 @@ def ce_grad_(logits, target, lse, row_scale, *, label_smoothing=0.0, z_loss=0.0,
                     float(label_smoothing), float(z_loss), float(softcap))
 
 
+def ce_stats_grad_(logits, target, row_scale, *, label_smoothing=0.0, z_loss=0.0, softcap=0.0, need_sum=False):
+    """`row_stats` and then `ce_grad_` with its lse, one row at a time, so each row is read from memory once
+    -> (lse, target_logit, sum_logits or None). The CPU kernel; on CUDA the two operators one after the other."""
+    if logits.device.type != "cpu":
+        lse, target_logit, sums, _ = row_stats(logits, target, softcap=softcap, need_sum=need_sum)
+        ce_grad_(logits, target, lse, row_scale, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap)
+        return lse, target_logit, sums
+    lse, target_logit, sums = _ops().ce_stats_grad_(logits, target, _row_vector(row_scale), float(label_smoothing),
+                                                    float(z_loss), float(softcap), bool(need_sum))
+    return lse, target_logit, sums if need_sum else None
+
+
 def logprob_grad_(logits, target, lse, entropy, grad_logp, grad_entropy, *, inv_temperature=1.0):
     """Overwrite logits with the gradient of sum(grad_logp * logp + grad_entropy * entropy)."""
     _ops().logprob_grad_(logits, target, _row_vector(lse), _row_vector(entropy), _row_vector(grad_logp),

@@ -62,15 +62,33 @@ def linear_cross_entropy_ref(
 # ---------------------------------------------------------------------------------------------
 # Chunked forward (shared by both custom ops)
 # ---------------------------------------------------------------------------------------------
+def _losses_from_stats(lse, target_logit, sum_logits, valid, vocab, label_smoothing, z_loss):
+    """Per-token losses [n] from a chunk's row statistics; 0 at ignored tokens."""
+    loss = lse - (1.0 - label_smoothing) * target_logit + z_loss * lse.square()
+    if sum_logits is not None:
+        loss = loss - (label_smoothing / vocab) * sum_logits
+    return torch.where(valid, loss, torch.zeros_like(loss))
+
+
 def _token_losses(rows, logits, target, valid, vocab, label_smoothing, z_loss, softcap):
     """Row statistics of one logits chunk -> (loss [n], lse [n]); loss is 0 at ignored tokens."""
     lse, target_logit, sum_logits, _ = rows.row_stats(
         logits, target, softcap=softcap, need_sum=label_smoothing > 0.0
     )
-    loss = lse - (1.0 - label_smoothing) * target_logit + z_loss * lse.square()
-    if sum_logits is not None:
-        loss = loss - (label_smoothing / vocab) * sum_logits
-    return torch.where(valid, loss, torch.zeros_like(loss)), lse
+    return _losses_from_stats(lse, target_logit, sum_logits, valid, vocab, label_smoothing, z_loss), lse
+
+
+def _token_losses_and_grad_(rows, logits, target, valid, row_scale, vocab, label_smoothing, z_loss, softcap):
+    """`_token_losses`, then the chunk overwritten with row_scale * d loss / d logits -> loss [n].
+    Row modules with `ce_stats_grad_` (the C++ CPU kernels) do both in one pass over each row."""
+    options = dict(label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap)
+    fused = getattr(rows, "ce_stats_grad_", None)
+    if fused is not None:
+        lse, target_logit, sum_logits = fused(logits, target, row_scale, need_sum=label_smoothing > 0.0, **options)
+        return _losses_from_stats(lse, target_logit, sum_logits, valid, vocab, label_smoothing, z_loss)
+    loss, lse = _token_losses(rows, logits, target, valid, vocab, label_smoothing, z_loss, softcap)
+    rows.ce_grad_(logits, target, lse, row_scale, **options)
+    return loss
 
 
 # ---------------------------------------------------------------------------------------------
@@ -95,14 +113,14 @@ def _reduced_op(
     grads = HeadGradients(head, grad_hidden, grad_weight)
     total = torch.zeros((), dtype=torch.float32, device=hidden.device)
     for start, end, logits in logit_chunks(head, chunk_rows(backend, hidden, weight, chunk_bytes)):
-        chunk_target = target[start:end]
-        loss, lse = _token_losses(rows, logits, chunk_target, valid[start:end], vocab, label_smoothing, z_loss, softcap)
-        total += loss.sum()
+        chunk_target, chunk_valid = target[start:end], valid[start:end]
         if grad_hidden or grad_weight:
-            rows.ce_grad_(logits, chunk_target, lse, row_scale[start:end],
-                          label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap)
+            total += _token_losses_and_grad_(rows, logits, chunk_target, chunk_valid, row_scale[start:end], vocab,
+                                             label_smoothing, z_loss, softcap).sum()
             grads.add_chunk(start, end, logits)
-        del logits  # before the generator computes the next chunk: one chunk alive at a time
+        else:
+            total += _token_losses(rows, logits, chunk_target, chunk_valid, vocab, label_smoothing, z_loss,
+                                   softcap)[0].sum()
     if mean:
         total = total / n_valid.clamp(min=1)
     grad_h, grad_w = grads.result()
@@ -159,7 +177,6 @@ def _tokens_op(
         losses[start:end], lses[start:end] = _token_losses(
             rows, logits, target[start:end], valid[start:end], vocab, label_smoothing, z_loss, softcap
         )
-        del logits  # one chunk alive at a time
     return losses, lses
 
 
@@ -242,7 +259,7 @@ def linear_cross_entropy(
     hidden [T, H], weight [V, H] (same float dtype: fp32, bf16 or fp16), target [T] int64.
     Returns an fp32 scalar, or [T] for reduction="none" (0 at ignored tokens). Differentiable in
     hidden and weight. `chunk_bytes` bounds the chunk-sized temporaries of the logits (default
-    1 GiB on CUDA, 256 MiB on CPU; env REDONE_FAST_CHUNK_BYTES). `backend`: see ops/_backend.py.
+    1 GiB on CUDA, 64 MiB on CPU; env REDONE_FAST_CHUNK_BYTES). `backend`: see ops/_backend.py.
     """
     check_lm_head_args(hidden, weight, target)
     if reduction not in REDUCTIONS:

@@ -55,7 +55,6 @@ def _logprobs_op(
         lses[start:end] = lse
         if with_entropy:
             entropy[start:end] = chunk_entropy
-        del logits  # one chunk alive at a time
     return logp, entropy, lses
 
 
