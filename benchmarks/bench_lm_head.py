@@ -5,17 +5,18 @@ results file). Three suites, each parametrised over implementation and shape:
 
   test_linear_cross_entropy_fwd_bwd   mean cross-entropy (~10% ignored tokens), forward + backward to
                                       hidden and weight: fused | torch_eager | torch_compile | liger |
-                                      torch_native | gemm3
-  test_linear_logprobs_fwd_nograd     per-token log-probabilities under torch.no_grad():
+                                      cce | torch_native | gemm3
+  test_linear_logprobs_fwd_nograd     per-token log-probabilities (and entropies) under torch.no_grad():
                                       fused | torch_eager | torch_compile | gemm1
-  test_linear_logprobs_fwd_bwd        log-probabilities, backward with a random upstream gradient:
-                                      fused | torch_eager
+  test_linear_logprobs_fwd_bwd        log-probabilities (and entropies), backward with random upstream
+                                      gradients: fused | torch_eager | torch_compile | gemm3
 
-Shapes: CUDA -> bf16, T in {4096, 16384, 32768}, H in {2560, 4096}, V = 151936; CPU -> fp32 and small
-shapes (the CPU run is a smoke test of the harness, not a performance claim). Environment overrides:
+Shapes: CUDA -> bf16, T in {4096, 16384, 32768}, H in {2560, 4096}, V = 151936; CPU -> fp32, four small
+shapes and T=4096, H=512, V=32768, the one CPU shape where the compiled peers run by default (issue 16's
+CPU comparison). Environment overrides:
   REDONE_BENCH_SIZES="T,H,V;T,H,V"   shapes to run
   REDONE_BENCH_DTYPE=bfloat16        float32 | bfloat16 | float16
-  REDONE_BENCH_CPU_COMPILE=1         also run torch_compile on CPU (skipped by default: slow to compile)
+  REDONE_BENCH_CPU_COMPILE=1         run torch_compile and cce on CPU at every shape (slow to compile)
   REDONE_BENCH_TARGET_S=2.0          timed seconds to aim for per case (rounds are derived from it)
 
 Every case records in `benchmark.extra_info`: op, impl, T, H, V, dtype, flops, peak extra memory (one
@@ -52,7 +53,10 @@ DTYPE = _DTYPES[os.environ.get("REDONE_BENCH_DTYPE", "bfloat16" if CUDA else "fl
 # (an AMD EPYC VM: 0.08-0.17 TFLOP/s fp32); with T=1024 at V=151936 it took almost four on a busy machine.
 # fp32 on CPU: CPUs have no fast bf16 GEMM to speak of, and it keeps the memory comparison clean.
 CUDA_SIZES = [(t, h, 151936) for h in (2560, 4096) for t in (4096, 16384, 32768)]
-CPU_SIZES = [(256, 256, 32000), (1024, 256, 32000), (256, 256, 151936), (512, 256, 151936)]
+CPU_SIZES = [(256, 256, 32000), (1024, 256, 32000), (256, 256, 151936), (512, 256, 151936), (4096, 512, 32768)]
+# The one CPU shape where the compiled peers (torch_compile, cce's torch.compile implementation) run by
+# default: a user would try them, and one compile per op fits the CPU run's budget.
+CPU_COMPILE_SIZE = (4096, 512, 32768)
 
 
 def _sizes() -> list[tuple[int, int, int]]:
@@ -127,12 +131,26 @@ def _liger_loss_class():
     return LigerFusedLinearCrossEntropyLoss
 
 
-def _skip_unavailable(impl: str) -> None:
-    if impl == "torch_compile" and not CUDA and os.environ.get("REDONE_BENCH_CPU_COMPILE", "0") in ("", "0"):
+def _cce_function():
+    from cut_cross_entropy import linear_cross_entropy as cce_linear_cross_entropy
+    return cce_linear_cross_entropy
+
+
+COMPILED_IMPLS = ("torch_compile", "cce")  # compiled on CPU (cce's CPU implementation is torch.compile)
+
+
+def _skip_unavailable(impl: str, size) -> None:
+    if (impl in COMPILED_IMPLS and not CUDA and tuple(size) != CPU_COMPILE_SIZE
+            and os.environ.get("REDONE_BENCH_CPU_COMPILE", "0") in ("", "0")):
         pytest.skip(
-            "torch_compile skipped on CPU: inductor's C++ compile takes ~15 s per shape and op on this "
-            "machine, which alone would exceed the CPU run's time budget (set REDONE_BENCH_CPU_COMPILE=1 to run it)"
+            f"{impl} runs on CPU at T,H,V = {CPU_COMPILE_SIZE} only: inductor's C++ compile takes ~15 s per shape "
+            "and op on 2 cores (set REDONE_BENCH_CPU_COMPILE=1 to run it at every shape)"
         )
+    if impl == "cce":
+        try:
+            _cce_function()
+        except Exception as exc:  # ImportError, or its Triton kernels failing to import
+            pytest.skip(f"cce: cut_cross_entropy not importable ({type(exc).__name__}: {exc})")
     if impl == "torch_native" and not (hasattr(F, "linear_cross_entropy")
                                        and hasattr(torch.nn, "LinearCrossEntropyOptions")):
         pytest.skip(f"torch_native: torch {torch.__version__} has no chunked F.linear_cross_entropy")
@@ -163,6 +181,16 @@ def _build_ce_fwd_bwd(impl: str, inp: dict) -> Callable[[], tuple]:
         def run():
             loss = liger(w, h, t)  # liger's argument order: (lin_weight, input, target)
             return (loss, *torch.autograd.grad(loss, (h, w)))
+    elif impl == "cce":
+        # cut-cross-entropy (Apple, arXiv 2411.09009): its Triton kernel on CUDA; on CPU its torch.compile
+        # implementation (the one it offers where Triton cannot run). filter_eps left at its default.
+        cce = _cce_function()
+        cce_impl = "cce" if CUDA else "torch_compile"
+        torch._dynamo.reset()
+
+        def run():
+            loss = cce(h, w, t, ignore_index=IGNORE_INDEX, reduction="mean", impl=cce_impl)
+            return (loss, *torch.autograd.grad(loss, (h, w)))
     elif impl == "torch_native":
         # torch's own chunked op (F.linear_cross_entropy with LinearCrossEntropyOptions(): the chunked
         # path, its "auto" chunking and accumulation picks); torch >= 2.12, skipped where absent.
@@ -189,37 +217,61 @@ def _build_ce_fwd_bwd(impl: str, inp: dict) -> Callable[[], tuple]:
     return run
 
 
-def _build_logprobs_nograd(impl: str, inp: dict) -> Callable[[], tuple]:
-    h, w, t = inp["hidden"], inp["weight"], inp["target"]
+def _eager_logprobs_entropy(hidden, weight, target):
+    log_probs = torch.log_softmax(F.linear(hidden, weight), dim=-1)
+    logp = log_probs.gather(1, target[:, None])[:, 0].float()
+    return logp, -(log_probs.exp() * log_probs).sum(dim=-1).float()
+
+
+def _fused_logprobs_entropy(hidden, weight, target):
+    return linear_logprobs(hidden, weight, target, with_entropy=True)
+
+
+def _logprobs_fn(impl: str, entropy: bool):
+    eager = _eager_logprobs_entropy if entropy else _eager_logprobs
     if impl == "fused":
-        fn = linear_logprobs
-    elif impl == "torch_eager":
-        fn = _eager_logprobs
-    elif impl == "torch_compile":
-        fn = _compiled(_eager_logprobs)
-    elif impl == "gemm1":
+        return _fused_logprobs_entropy if entropy else linear_logprobs
+    if impl == "torch_eager":
+        return eager
+    if impl == "torch_compile":
+        return _compiled(eager)
+    raise AssertionError(impl)
+
+
+def _build_logprobs_nograd(impl: str, inp: dict, entropy: bool = False) -> Callable[[], tuple]:
+    h, w, t = inp["hidden"], inp["weight"], inp["target"]
+    if impl == "gemm1":
         def fn(hidden, weight, _target):
             return hidden @ weight.t()  # the one GEMM any LM-head forward must do
     else:
-        raise AssertionError(impl)
+        fn = _logprobs_fn(impl, entropy)
 
     def run():
         with torch.no_grad():
-            return (fn(h, w, t),)
+            out = fn(h, w, t)
+            return out if isinstance(out, tuple) else (out,)
     return run
 
 
-def _build_logprobs_fwd_bwd(impl: str, inp: dict) -> Callable[[], tuple]:
+def _build_logprobs_fwd_bwd(impl: str, inp: dict, entropy: bool = False) -> Callable[[], tuple]:
+    if impl == "gemm3":
+        return _build_ce_fwd_bwd("gemm3", inp)
     h, w, t = inp["hidden"], inp["weight"], inp["target"]
-    # A random per-token upstream gradient (RL advantages): must reach every token's row differently.
+    # Random per-token upstream gradients (RL advantages, an entropy coefficient per token): each must reach
+    # every token's row differently.
     torch.manual_seed(1)
     upstream = torch.randn(h.shape[0], device=DEVICE, dtype=torch.float32)
-    inp["upstream"] = upstream
-    fn = {"fused": linear_logprobs, "torch_eager": _eager_logprobs}[impl]
+    upstream_entropy = torch.randn(h.shape[0], device=DEVICE, dtype=torch.float32)
+    inp["upstream"], inp["upstream_entropy"] = upstream, upstream_entropy
+    fn = _logprobs_fn(impl, entropy)
 
     def run():
-        logp = fn(h, w, t)
-        return (logp, *torch.autograd.grad(logp, (h, w), grad_outputs=upstream))
+        out = fn(h, w, t)
+        if entropy:
+            logp, ent = out
+            grads = torch.autograd.grad((logp, ent), (h, w), grad_outputs=(upstream, upstream_entropy))
+            return (logp, ent, *grads)
+        return (out, *torch.autograd.grad(out, (h, w), grad_outputs=upstream))
     return run
 
 
@@ -329,7 +381,7 @@ def _measure_peak_extra(run: Callable[[], tuple]) -> tuple[int | None, int, str 
 
 
 def _run_case(benchmark, op: str, impl: str, size, builder, *, grad: bool, flops_factor: int) -> None:
-    _skip_unavailable(impl)
+    _skip_unavailable(impl, size)
     T, H, V = size
     benchmark.group = f"{op} T={T} H={H} V={V} {str(DTYPE).removeprefix('torch.')}"
     info = benchmark.extra_info
@@ -351,7 +403,7 @@ def _run_case(benchmark, op: str, impl: str, size, builder, *, grad: bool, flops
             run()  # outputs are dropped at once; the synchronisation makes the time the real one
             _sync()
 
-        for _ in range(2 if impl == "torch_compile" else 1):
+        for _ in range(2 if impl in COMPILED_IMPLS else 1):
             timed()
         peak, out_bytes, method, elapsed = _measure_peak_extra(run)
         info.update(peak_extra_bytes=peak, output_bytes=out_bytes, memory_method=method)
@@ -374,17 +426,27 @@ def _params(impls):
     return [pytest.param(size, impl, id=f"{impl}-T{size[0]}-H{size[1]}-V{size[2]}") for size in SIZES for impl in impls]
 
 
-@pytest.mark.parametrize("size,impl", _params(["fused", "torch_eager", "torch_compile", "liger", "torch_native",
-                                                "gemm3"]))
+@pytest.mark.parametrize("size,impl", _params(["fused", "torch_eager", "torch_compile", "liger", "cce",
+                                                "torch_native", "gemm3"]))
 def test_linear_cross_entropy_fwd_bwd(benchmark, size, impl):
     _run_case(benchmark, "linear_cross_entropy", impl, size, _build_ce_fwd_bwd, grad=True, flops_factor=6)
 
 
+@pytest.mark.parametrize("entropy", [False, True], ids=["logp", "logp+entropy"])
 @pytest.mark.parametrize("size,impl", _params(["fused", "torch_eager", "torch_compile", "gemm1"]))
-def test_linear_logprobs_fwd_nograd(benchmark, size, impl):
-    _run_case(benchmark, "linear_logprobs_nograd", impl, size, _build_logprobs_nograd, grad=False, flops_factor=2)
+def test_linear_logprobs_fwd_nograd(benchmark, size, impl, entropy):
+    if entropy and impl == "gemm1":
+        pytest.skip("gemm1 is the floor of both variants: recorded once, without entropy")
+    op = "linear_logprobs_entropy_nograd" if entropy else "linear_logprobs_nograd"
+    _run_case(benchmark, op, impl, size, lambda i, inp: _build_logprobs_nograd(i, inp, entropy), grad=False,
+              flops_factor=2)
 
 
-@pytest.mark.parametrize("size,impl", _params(["fused", "torch_eager"]))
-def test_linear_logprobs_fwd_bwd(benchmark, size, impl):
-    _run_case(benchmark, "linear_logprobs_fwd_bwd", impl, size, _build_logprobs_fwd_bwd, grad=True, flops_factor=6)
+@pytest.mark.parametrize("entropy", [False, True], ids=["logp", "logp+entropy"])
+@pytest.mark.parametrize("size,impl", _params(["fused", "torch_eager", "torch_compile", "gemm3"]))
+def test_linear_logprobs_fwd_bwd(benchmark, size, impl, entropy):
+    if entropy and impl == "gemm3":
+        pytest.skip("gemm3 is the floor of both variants: recorded once, without entropy")
+    op = "linear_logprobs_entropy_fwd_bwd" if entropy else "linear_logprobs_fwd_bwd"
+    _run_case(benchmark, op, impl, size, lambda i, inp: _build_logprobs_fwd_bwd(i, inp, entropy), grad=True,
+              flops_factor=6)

@@ -33,14 +33,25 @@ RESULTS_DIR = Path(os.environ.get("REDONE_BENCH_RESULTS_DIR") or ROOT / "benchma
 GIB = 1 << 30
 
 # The gemm floor each op is compared against (time of fused / time of the floor).
-GEMM_BASELINE = {"linear_cross_entropy": "gemm3", "linear_logprobs_nograd": "gemm1"}
+# (op whose case holds the floor, floor impl); the entropy variants share their op's floor.
+GEMM_BASELINE = {
+    "linear_cross_entropy": ("linear_cross_entropy", "gemm3"),
+    "linear_logprobs_nograd": ("linear_logprobs_nograd", "gemm1"),
+    "linear_logprobs_entropy_nograd": ("linear_logprobs_nograd", "gemm1"),
+    "linear_logprobs_fwd_bwd": ("linear_logprobs_fwd_bwd", "gemm3"),
+    "linear_logprobs_entropy_fwd_bwd": ("linear_logprobs_fwd_bwd", "gemm3"),
+}
 OP_SHORT = {
     "linear_cross_entropy": "ce fwd+bwd",
     "linear_logprobs_nograd": "logp nograd",
+    "linear_logprobs_entropy_nograd": "logp+H nograd",
     "linear_logprobs_fwd_bwd": "logp fwd+bwd",
+    "linear_logprobs_entropy_fwd_bwd": "logp+H fw+bw",
 }
 # The spec's targets, all at one shape on GPU in bf16.
 TARGET_SHAPE = {"T": 16384, "H": 2560, "V": 151936, "dtype": "bfloat16", "device": "cuda"}
+# Issue 16's CPU targets, at the one CPU shape where the compiled peers run by default, fp32.
+CPU_TARGET_SHAPE = {"T": 4096, "H": 512, "V": 32768, "dtype": "float32", "device": "cpu"}
 ENV_KEYS = ("REDONE_BENCH_", "REDONE_FAST_", "TRITON_", "CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "PYTORCH_")
 
 
@@ -134,13 +145,14 @@ def _ratios(rows: list[dict]) -> list[dict]:
         if fused is None:
             continue
         entry = {"op": op, "T": T, "H": H, "V": V, "dtype": dtype}
-        base_name = GEMM_BASELINE.get(op)
-        if base_name and base_name in impls:
-            entry["gemm_baseline"] = base_name
-            entry["fused_over_gemm"] = _ratio(fused["median_ms"], impls[base_name]["median_ms"])
+        floor_op, floor_impl = GEMM_BASELINE.get(op, (None, None))
+        floor = groups.get((floor_op, T, H, V, dtype), {}).get(floor_impl)
+        if floor is not None:
+            entry["gemm_baseline"] = floor_impl
+            entry["fused_over_gemm"] = _ratio(fused["median_ms"], floor["median_ms"])
         if "liger" in impls:
             entry["fused_over_liger"] = _ratio(fused["median_ms"], impls["liger"]["median_ms"])
-        for other in ("torch_eager", "torch_compile", "torch_native"):
+        for other in ("torch_eager", "torch_compile", "cce", "torch_native"):
             if other in impls:
                 entry[f"fused_over_{other}"] = _ratio(fused["median_ms"], impls[other]["median_ms"])
                 entry[f"peak_fused_over_{other}"] = _ratio(fused["peak_extra_bytes"], impls[other]["peak_extra_bytes"])
@@ -162,6 +174,7 @@ def _targets(rows: list[dict], ratios: list[dict]) -> list[dict]:
         met = None if value is None else (value <= threshold if better == "<=" else value >= threshold)
         return {"target": name, "value": value, "threshold": f"{better} {threshold}", "met": met}
 
+    cpu_checks = _cpu_targets(rows, ratios, check)
     liger_speedup = 1.0 / ce["fused_over_liger"] if ce.get("fused_over_liger") else None
     peak_gib = ce_fused["peak_extra_bytes"] / GIB if ce_fused and ce_fused["peak_extra_bytes"] is not None else None
     working_gib = ce_fused["working_bytes"] / GIB if ce_fused and ce_fused["working_bytes"] is not None else None
@@ -172,7 +185,29 @@ def _targets(rows: list[dict], ratios: list[dict]) -> list[dict]:
         check("linear_cross_entropy fwd+bwd peak extra memory minus returned grads, GiB (informational)",
               working_gib, 1.5, "<="),
         check("linear_logprobs no-grad time / gemm1 time", lp.get("fused_over_gemm"), 1.15, "<="),
-    ]
+    ] + cpu_checks
+
+
+def _cpu_targets(rows, ratios, check) -> list[dict]:
+    """Issue 16 on CPU: each fused op within 1.15x of its GEMM floor and faster than torch.compile of the
+    eager code; the cross-entropy's peak extra memory no larger than torch's native chunked op's."""
+    def at_shape(item):
+        return all(item.get(k) == v for k, v in CPU_TARGET_SHAPE.items() if k != "device")
+
+    if not any(r["device"] == "cpu" and at_shape(r) for r in rows):
+        return []
+    checks = []
+    for op in ("linear_cross_entropy", "linear_logprobs_nograd", "linear_logprobs_entropy_nograd",
+               "linear_logprobs_fwd_bwd", "linear_logprobs_entropy_fwd_bwd"):
+        r = next((x for x in ratios if x["op"] == op and at_shape(x)), {})
+        name = f"cpu {OP_SHORT[op]} T=4096 H=512 V=32768 fp32"
+        checks.append(check(f"{name}: fused time / {r.get('gemm_baseline', 'gemm')} time", r.get("fused_over_gemm"),
+                            1.15, "<="))
+        checks.append(check(f"{name}: fused time / torch_compile time", r.get("fused_over_torch_compile"), 1.0, "<="))
+        if op == "linear_cross_entropy":
+            checks.append(check(f"{name}: fused peak extra memory / torch_native's",
+                                r.get("peak_fused_over_torch_native"), 1.0, "<="))
+    return checks
 
 
 def _fmt(value, spec):
@@ -197,12 +232,15 @@ def _print_table(rows, ratios, targets, skipped, failed, out_path):
               f"{_fmt(r['tflops'], '.3f'):>8} {_fmt(peak, '.1f'):>9} {_fmt(ratio, '.2f'):>8}")
     print("(fused/x: median time of fused divided by this row's; < 1 means fused is faster)")
     if ratios:
-        print("\nper (op, shape): fused / gemm floor, fused / liger, fused / torch_eager (time; peak memory)")
+        print("\nper (op, shape): fused / gemm floor, fused / each peer (time; peak memory vs eager and native)")
         for key, r in ratio_by_key.items():
             print(f"  {OP_SHORT.get(r['op'], r['op']):<13} T={r['T']} H={r['H']} V={r['V']} {r['dtype']}: "
                   f"gemm {_fmt(r.get('fused_over_gemm'), '.2f')}, liger {_fmt(r.get('fused_over_liger'), '.2f')}, "
-                  f"eager {_fmt(r.get('fused_over_torch_eager'), '.2f')}; "
-                  f"peak vs eager {_fmt(r.get('peak_fused_over_torch_eager'), '.3f')}")
+                  f"eager {_fmt(r.get('fused_over_torch_eager'), '.2f')}, "
+                  f"compile {_fmt(r.get('fused_over_torch_compile'), '.2f')}, cce {_fmt(r.get('fused_over_cce'), '.2f')}, "
+                  f"native {_fmt(r.get('fused_over_torch_native'), '.2f')}; "
+                  f"peak vs eager {_fmt(r.get('peak_fused_over_torch_eager'), '.3f')}, "
+                  f"vs native {_fmt(r.get('peak_fused_over_torch_native'), '.3f')}")
     print("\nspec targets (T=16384 H=2560 V=151936 bf16 on CUDA):")
     for t in targets:
         status = "not measured" if t["met"] is None else ("met" if t["met"] else "NOT met")
