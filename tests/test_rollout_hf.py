@@ -365,3 +365,21 @@ def test_engine_from_model_object_and_config():
     assert engine.eos_token_id == 2 and engine.pad_token_id == 0
     groups = engine.generate([[5, 6, 7]], SamplingParams(n=2, max_new_tokens=3, seed=0))
     assert all(len(r.response_ids) <= 3 for r in groups[0])
+
+
+def test_shared_prompt_prefill_equals_prefilling_every_copy(engine, prompts, monkeypatch):
+    """The prompt's KV cache is computed once and repeated for its n rows: the same responses and (to fp32
+    rounding) log-probs as generate prefilling each copy, with left padding and one- and two-token prompts."""
+    mixed = prompts + [prompts[0][-1:], prompts[1][-2:]]
+    sampling = SamplingParams(n=4, temperature=1.0, max_new_tokens=12, seed=5)
+    calls = []
+    shared_prefix = HFEngine._shared_prefix_cache
+    monkeypatch.setattr(HFEngine, "_shared_prefix_cache", lambda self, *a: calls.append(1) or shared_prefix(self, *a))
+    shared = engine.generate(mixed, sampling)
+    assert calls, "the shared prefill was not used"
+    monkeypatch.setattr(HFEngine, "_shared_prefix_cache", lambda self, *a: None)  # no cache: generate prefills each copy
+    separate = engine.generate(mixed, sampling)
+    for group_a, group_b in zip(shared, separate):
+        for a, b in zip(group_a, group_b):
+            assert a.response_ids == b.response_ids
+            torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), rtol=0, atol=1e-5)

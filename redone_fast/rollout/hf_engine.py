@@ -26,12 +26,17 @@ compares sampled frequencies with the model's probabilities).
 
 Greedy decoding (temperature 0) decodes one row per prompt and copies it n times.
 
+Sampling prefills each prompt once: the KV cache of all its tokens but the last is computed for the prompt
+and repeated for its n rows before `generate` runs (which would otherwise prefill every copy: the prefill
+was 9% of a tiny-model RL run, and 128 rollouts of 16 prompts now take about a quarter of the time).
+
 Seeds: with `SamplingParams.seed` each micro-batch of prompts is sampled from its own generator seeded with
 `seed + index of its first prompt`, so the same seed, prompts and `max_batch_prompts` give the same
 rollouts and the process' RNG state is left as it was; without a seed the draws come from the global RNG.
 """
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
 
@@ -215,12 +220,16 @@ class HFEngine:
                 generator = torch.Generator(device=self.device).manual_seed(seed)
             processors.append(_InverseCdfSampler(sampling.temperature, sampling.top_p, generator))
 
+        extra = {}
+        if per_prompt > 1 and width > 1:
+            extra[self._cache_kwarg()] = self._shared_prefix_cache(input_ids[::per_prompt], attention_mask[::per_prompt],
+                                                                 per_prompt)
         own_config = self.model.generation_config
         self.model.generation_config = GenerationConfig()  # the checkpoint's defaults must not apply
         try:
             sequences = self.model.generate(
                 input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device),
-                generation_config=config, logits_processor=LogitsProcessorList(processors))
+                generation_config=config, logits_processor=LogitsProcessorList(processors), **extra)
         finally:
             self.model.generation_config = own_config
 
@@ -248,6 +257,24 @@ class HFEngine:
                                      logprobs=values[row][:end], finished=finished, truncated=not finished))
             out.append(group)
         return out
+
+    @torch.no_grad()
+    def _shared_prefix_cache(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, repeats: int):
+        """KV cache of every prompt token but the last, computed once per prompt and repeated for its `repeats`
+        rows. `generate` would prefill each of the n copies of a prompt (n times the prompt's work: 9% of a
+        tiny-model RL run, py-spy); given this cache it runs only the last prompt token and the new ones.
+        Position ids as `generate` derives them from the left-padded mask (cumulative count, 0 on padding)."""
+        input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
+        position_ids = (attention_mask.cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
+        out = self.model(input_ids=input_ids[:, :-1], attention_mask=attention_mask[:, :-1],
+                         position_ids=position_ids[:, :-1], use_cache=True, logits_to_keep=1)
+        cache = out.cache if hasattr(out, "cache") else out.past_key_values
+        cache.batch_repeat_interleave(repeats)
+        return cache
+
+    def _cache_kwarg(self) -> str:
+        """transformers renamed `past_key_values` to `cache` (5.2x; 5.17, the GPU machines', has the old name)."""
+        return "cache" if "cache" in inspect.signature(type(self.model).forward).parameters else "past_key_values"
 
     # --- weights and memory -------------------------------------------------------------------------
 
