@@ -22,7 +22,8 @@ $(STAMP): pyproject.toml setup.py $(CSRC)
 	# ninja: torch's cpp_extension compiles the extension's sources in parallel with it (MAX_JOBS).
 	$(PY) -m pip install -q triton==3.7.1 "setuptools>=69" wheel ninja
 	# --no-build-isolation: setup.py imports this venv's torch to build redone_fast._C against it.
-	$(PY) -m pip install -q --no-build-isolation -e '.[dev]'
+	# bench: TRL for benchmarks/bench_vs_trl.py, whose harness the tests run at a tiny size.
+	$(PY) -m pip install -q --no-build-isolation -e '.[dev,bench]'
 	touch $(STAMP)
 
 run: $(STAMP)
