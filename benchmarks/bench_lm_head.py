@@ -9,7 +9,7 @@ results file). Three suites, each parametrised over implementation and shape:
   test_linear_logprobs_fwd_nograd     per-token log-probabilities (and entropies) under torch.no_grad():
                                       fused | torch_eager | torch_compile | gemm1
   test_linear_logprobs_fwd_bwd        log-probabilities (and entropies), backward with random upstream
-                                      gradients: fused | torch_eager | torch_compile | gemm3
+                                      gradients: fused | fused_loss | torch_eager | torch_compile | gemm3
 
 Shapes: CUDA -> bf16, T in {4096, 16384, 32768}, H in {2560, 4096}, V = 151936; CPU -> fp32, four small
 shapes and T=4096, H=512, V=32768, the one CPU shape where the compiled peers run by default (issue 16's
@@ -38,7 +38,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from redone_fast.ops import linear_cross_entropy, linear_logprobs
+from redone_fast.ops import linear_cross_entropy, linear_logprob_loss, linear_logprobs
 from redone_fast.ops._backend import resolve_backend, resolve_chunk_bytes
 
 CUDA = torch.cuda.is_available()
@@ -263,6 +263,18 @@ def _build_logprobs_fwd_bwd(impl: str, inp: dict, entropy: bool = False) -> Call
     upstream = torch.randn(h.shape[0], device=DEVICE, dtype=torch.float32)
     upstream_entropy = torch.randn(h.shape[0], device=DEVICE, dtype=torch.float32)
     inp["upstream"], inp["upstream_entropy"] = upstream, upstream_entropy
+    if impl == "fused_loss":
+        # The RL objective's route: the per-token loss is a known function of each token's log-prob (here
+        # upstream * logp + upstream_entropy * entropy), so linear_logprob_loss forms its gradient in the
+        # forward pass (three GEMMs); autograd.grad of the scalar gives the same gradients as the rows below.
+        def token_loss(logp, ent, start, end):
+            loss = upstream[start:end] * logp
+            return loss + upstream_entropy[start:end] * ent if ent is not None else loss
+
+        def run():
+            loss, logp, ent = linear_logprob_loss(h, w, t, token_loss, with_entropy=entropy)
+            return (logp, *((ent,) if entropy else ()), *torch.autograd.grad(loss, (h, w)))
+        return run
     fn = _logprobs_fn(impl, entropy)
 
     def run():
@@ -443,7 +455,7 @@ def test_linear_logprobs_fwd_nograd(benchmark, size, impl, entropy):
 
 
 @pytest.mark.parametrize("entropy", [False, True], ids=["logp", "logp+entropy"])
-@pytest.mark.parametrize("size,impl", _params(["fused", "torch_eager", "torch_compile", "gemm3"]))
+@pytest.mark.parametrize("size,impl", _params(["fused", "fused_loss", "torch_eager", "torch_compile", "gemm3"]))
 def test_linear_logprobs_fwd_bwd(benchmark, size, impl, entropy):
     if entropy and impl == "gemm3":
         pytest.skip("gemm3 is the floor of both variants: recorded once, without entropy")

@@ -156,6 +156,12 @@ def _ratios(rows: list[dict]) -> list[dict]:
             if other in impls:
                 entry[f"fused_over_{other}"] = _ratio(fused["median_ms"], impls[other]["median_ms"])
                 entry[f"peak_fused_over_{other}"] = _ratio(fused["peak_extra_bytes"], impls[other]["peak_extra_bytes"])
+        fused_loss = impls.get("fused_loss")  # linear_logprob_loss: the gradient formed in the forward
+        if fused_loss is not None:
+            for other, row in (("gemm", floor), ("torch_compile", impls.get("torch_compile")),
+                               ("torch_eager", impls.get("torch_eager")), ("fused", fused)):
+                if row is not None:
+                    entry[f"fused_loss_over_{other}"] = _ratio(fused_loss["median_ms"], row["median_ms"])
         out.append(entry)
     return out
 
@@ -204,6 +210,10 @@ def _cpu_targets(rows, ratios, check) -> list[dict]:
         checks.append(check(f"{name}: fused time / {r.get('gemm_baseline', 'gemm')} time", r.get("fused_over_gemm"),
                             1.15, "<="))
         checks.append(check(f"{name}: fused time / torch_compile time", r.get("fused_over_torch_compile"), 1.0, "<="))
+        if "fused_loss_over_gemm" in r:  # linear_logprob_loss, the route the RL objective takes
+            checks.append(check(f"{name}: fused_loss time / gemm3 time", r["fused_loss_over_gemm"], 1.15, "<="))
+            checks.append(check(f"{name}: fused_loss time / torch_compile time", r.get("fused_loss_over_torch_compile"),
+                                1.0, "<="))
         if op == "linear_cross_entropy":
             checks.append(check(f"{name}: fused peak extra memory / torch_native's",
                                 r.get("peak_fused_over_torch_native"), 1.0, "<="))

@@ -7,7 +7,9 @@ policy (with gradient), the old policy and the reference (without). Under temper
 The forward keeps only lse (and entropy) per token; under torch.no_grad() nothing is saved at all.
 The backward recomputes each logits chunk and applies both per-token upstream gradients (of logp
 and of entropy): in an RL loss they differ per token (advantages, clipping masks), so a gradient
-computed in the forward pass would be wrong for them.
+computed in the forward pass would be wrong for them. When the loss is known up front as a function of
+each token's own log-prob (the RL objective), `ops.linear_logprob_loss` forms its gradient in the forward
+and saves the recompute.
 """
 from __future__ import annotations
 

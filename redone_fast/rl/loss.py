@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import torch
 
 from redone_fast.errors import ConfigError
-from redone_fast.ops import linear_logprobs
+from redone_fast.ops import linear_logprob_loss
 
 __all__ = ["RLMicroBatch", "DAPOObjective", "AGGREGATIONS"]
 
@@ -81,6 +81,14 @@ class RLMicroBatch:
                                    ref_logprobs=filler(self.ref_logprobs),
                                    rollout_logprobs=filler(self.rollout_logprobs), num_sequences=0,
                                    rollout_indices=())
+
+    def token_slice(self, start: int, end: int) -> "RLMicroBatch":
+        """Tokens start:end of every per-token field (what `DAPOObjective.per_token_loss` reads per token)."""
+        cut = (lambda t: None if t is None else t[start:end])
+        return dataclasses.replace(self, input_ids=cut(self.input_ids), position_ids=cut(self.position_ids),
+                                   labels=cut(self.labels), advantages=cut(self.advantages),
+                                   response_lengths=cut(self.response_lengths), old_logprobs=cut(self.old_logprobs),
+                                   ref_logprobs=cut(self.ref_logprobs), rollout_logprobs=cut(self.rollout_logprobs))
 
     def to(self, device) -> "RLMicroBatch":
         move = (lambda t: None if t is None else t.to(device))
@@ -186,11 +194,22 @@ class DAPOObjective:
         return torch.ones_like(batch.response_lengths, dtype=torch.float32)
 
     def loss(self, hidden, weight, batch: RLMicroBatch):
+        """The micro-batch's summed weighted token loss and its metric sums. The loss is a sum of per-token
+        terms of each token's own log-prob, so its gradient is formed chunk by chunk in the forward pass
+        (`ops.linear_logprob_loss`: three GEMMs over the LM head instead of four)."""
         batch = batch.to(hidden.device)
         targets = batch.labels.clamp(min=0)
-        logp, entropy = linear_logprobs(hidden, weight, targets, temperature=self.temperature, with_entropy=True)
-        per_token, metrics = self.per_token_loss(logp, batch)
+        weights = self.token_weights(batch)
+
+        def token_loss(logp, _entropy, start, end):
+            per_token, _ = self.per_token_loss(logp, batch.token_slice(start, end))
+            return per_token * weights[start:end]
+
+        total, logp, entropy = linear_logprob_loss(hidden, weight, targets, token_loss, temperature=self.temperature,
+                                                   with_entropy=True)
+        with torch.no_grad():
+            _, metrics = self.per_token_loss(logp, batch)
         mask = batch.loss_mask
         metrics["response_tokens"] = mask.sum().float()
-        metrics["entropy_sum"] = torch.where(mask, entropy.detach(), 0).sum()
-        return (per_token * self.token_weights(batch)).sum(), metrics
+        metrics["entropy_sum"] = torch.where(mask, entropy, 0).sum()
+        return total, metrics
