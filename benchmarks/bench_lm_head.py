@@ -403,7 +403,7 @@ def _run_case(benchmark, op: str, impl: str, size, builder, *, grad: bool, flops
     )
     if impl == "fused":
         info["backend"] = resolve_backend(None, DEVICE)
-        info["chunk_bytes"] = resolve_chunk_bytes(None, DEVICE)
+        info["chunk_bytes"] = resolve_chunk_bytes(None, DEVICE, torch.empty(V, H, device="meta"))
 
     _free()
     inp = run = None

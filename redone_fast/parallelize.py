@@ -50,7 +50,7 @@ class ParallelConfig:
     param_dtype: str | None = None  # compute dtype; None: bfloat16 on CUDA, float32 on CPU
     reduce_dtype: str = "float32"  # gradient reduce-scatter dtype
     reshard_after_forward: bool = True  # blocks free their gathered weights after forward (ZeRO-3)
-    attn_implementation: str | None = None  # None: flash_attention_2 on CUDA when installed, else sdpa
+    attn_implementation: str | None = None  # None: flash_attention_2 on CUDA when installed, else packed_sdpa
 
 
 def _dtype(name: str | None, device: torch.device) -> torch.dtype:

@@ -80,3 +80,22 @@ def test_chunk_rows_follow_the_byte_budget():
     assert plan_chunk_rows(16384, 151936, 16, 256 << 20) == 104
     assert plan_chunk_rows(10, 151936, 2, 1 << 30) == 10  # never more rows than tokens
     assert plan_chunk_rows(100, 151936, 16, 1) == 1  # a budget below one row still makes progress
+
+
+def test_default_chunk_budget_is_capped_by_the_weight(monkeypatch):
+    """The default budget never exceeds the weight's size in fp32; an explicit budget (argument or
+    environment) is taken as given."""
+    import torch
+
+    from redone_fast.ops._backend import CHUNK_BYTES_ENV, DEFAULT_CHUNK_BYTES, resolve_chunk_bytes
+
+    monkeypatch.delenv(CHUNK_BYTES_ENV, raising=False)
+    cpu = torch.device("cpu")
+    small = torch.empty(32000, 256, device="meta")  # 31.25 MiB in fp32
+    large = torch.empty(151936, 256, device="meta")
+    assert resolve_chunk_bytes(None, cpu, small) == 32000 * 256 * 4
+    assert resolve_chunk_bytes(None, cpu, large) == DEFAULT_CHUNK_BYTES["cpu"] == 64 << 20
+    assert resolve_chunk_bytes(None, cpu) == 64 << 20
+    assert resolve_chunk_bytes(1 << 30, cpu, small) == 1 << 30
+    monkeypatch.setenv(CHUNK_BYTES_ENV, str(1 << 28))
+    assert resolve_chunk_bytes(None, cpu, small) == 1 << 28

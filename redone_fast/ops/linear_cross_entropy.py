@@ -276,7 +276,7 @@ def linear_cross_entropy(
             hidden, weight, target, ignore_index=ignore_index, reduction=reduction,
             label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
         )
-    chunk_bytes = resolve_chunk_bytes(chunk_bytes, hidden.device)
+    chunk_bytes = resolve_chunk_bytes(chunk_bytes, hidden.device, weight)
     cap = float(softcap) if softcap is not None else 0.0
     if reduction == "none":
         losses, _ = torch.ops.redone_fast.linear_cross_entropy_tokens(

@@ -150,7 +150,7 @@ def linear_logprobs(
     backend = resolve_backend(backend, hidden.device)
     if backend == "ref":
         return linear_logprobs_ref(hidden, weight, target, temperature=temperature, with_entropy=with_entropy)
-    chunk_bytes = resolve_chunk_bytes(chunk_bytes, hidden.device)
+    chunk_bytes = resolve_chunk_bytes(chunk_bytes, hidden.device, weight)
     logp, entropy, _ = torch.ops.redone_fast.linear_logprobs(
         hidden, weight, target, float(temperature), bool(with_entropy), backend, chunk_bytes
     )

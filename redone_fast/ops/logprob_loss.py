@@ -123,7 +123,7 @@ def linear_logprob_loss(
         logp, entropy = out if with_entropy else (out, None)
         loss = token_loss(logp, entropy, 0, hidden.shape[0]).sum()
         return loss, logp.detach(), None if entropy is None else entropy.detach()
-    chunk_bytes = resolve_chunk_bytes(chunk_bytes, hidden.device)
+    chunk_bytes = resolve_chunk_bytes(chunk_bytes, hidden.device, weight)
     grad_enabled = torch.is_grad_enabled()
     return _LogprobLoss.apply(hidden, weight, target, token_loss, float(temperature), bool(with_entropy), backend,
                               chunk_bytes, grad_enabled and hidden.requires_grad, grad_enabled and weight.requires_grad)
