@@ -15,7 +15,8 @@ plain torch, for every device:
 - the real rows are scattered back to their places in the packed row.
 
 Work is at most 4x the samples' own (a sample padded to twice its length), usually near 1x, and never
-grows with the number of samples in the row. Differentiable (gathers and SDPA). Registered with
+grows with the number of samples in the row. The buckets are planned on the host from `cu_seq_lens_q` in
+every layer: on CUDA that is one small device-to-host copy per layer (not measured here: no GPU). Differentiable (gathers and SDPA). Registered with
 transformers under the name `PACKED_SDPA`; without `cu_seq_lens_q` (generation, a single unpacked
 sequence) and on sliding-window layers (the window needs the mask) it is exactly transformers' "sdpa",
 mask included, so a model loaded with it generates as an "sdpa" model does.

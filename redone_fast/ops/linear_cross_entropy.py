@@ -259,7 +259,8 @@ def linear_cross_entropy(
     hidden [T, H], weight [V, H] (same float dtype: fp32, bf16 or fp16), target [T] int64.
     Returns an fp32 scalar, or [T] for reduction="none" (0 at ignored tokens). Differentiable in
     hidden and weight. `chunk_bytes` bounds the chunk-sized temporaries of the logits (default
-    1 GiB on CUDA, 64 MiB on CPU; env REDONE_FAST_CHUNK_BYTES). `backend`: see ops/_backend.py.
+    1 GiB on CUDA, 64 MiB on CPU, at most the weight's fp32 size; env REDONE_FAST_CHUNK_BYTES).
+    `backend`: see ops/_backend.py.
     """
     check_lm_head_args(hidden, weight, target)
     if reduction not in REDUCTIONS:
