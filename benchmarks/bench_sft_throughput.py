@@ -418,11 +418,7 @@ def device_slug(info: dict) -> str:
 
 
 def auto_out_path(info: dict, started: dt.datetime) -> Path:
-    stem = f"sft_throughput-{device_slug(info)}-{started.strftime('%Y%m%d')}"
-    path, suffix = record.RESULTS_DIR / f"{stem}.json", 2
-    while path.exists():  # never replace an earlier run
-        path, suffix = record.RESULTS_DIR / f"{stem}-{suffix}.json", suffix + 1
-    return path
+    return record.new_results_path(f"sft_throughput-{device_slug(info)}-{started.strftime('%Y%m%d')}")
 
 
 def _fmt(value, spec: str) -> str:

@@ -991,11 +991,7 @@ def print_rl(res: dict) -> None:
 
 
 def auto_out_path(info: dict, started: dt.datetime) -> Path:
-    stem = f"vs_trl-{throughput.device_slug(info)}-{started.strftime('%Y%m%d')}"
-    path, suffix = record.RESULTS_DIR / f"{stem}.json", 2
-    while path.exists():  # never replace an earlier run
-        path, suffix = record.RESULTS_DIR / f"{stem}-{suffix}.json", suffix + 1
-    return path
+    return record.new_results_path(f"vs_trl-{throughput.device_slug(info)}-{started.strftime('%Y%m%d')}")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -55,9 +55,11 @@ def _available(impl: str) -> bool:
     return True
 
 
-def run_suite(name: str, shape, rounds: int) -> dict:
+def run_suite(name: str, shape, rounds: int, only: set[str] | None = None) -> dict:
     builder, impls = SUITES[name]
-    impls = [i for i in impls if _available(i)]
+    impls = [i for i in impls if _available(i) and (only is None or i in only)]
+    if "fused" not in impls:
+        raise SystemExit(f"compare_interleaved: {name}: the ratios need 'fused' among the implementations")
     T, H, V = shape
     runs = {}
     for impl in impls:  # separate inputs per impl (builders add buffers to them), all from seed 0
@@ -103,13 +105,15 @@ def main(argv=None) -> int:
     parser.add_argument("--shape", default="4096,512,32768", help="T,H,V")
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--suites", default=",".join(SUITES), help="comma-separated: " + ", ".join(SUITES))
+    parser.add_argument("--impls", default="", help="comma-separated subset of each suite's implementations")
     parser.add_argument("--out", default=None, help="auto | PATH (default: print only)")
     args = parser.parse_args(argv)
     shape = tuple(int(x) for x in args.shape.split(","))
     started = dt.datetime.now(dt.timezone.utc)
     results = []
     for name in args.suites.split(","):
-        results.append(run_suite(name.strip(), shape, args.rounds))
+        only = {i.strip() for i in args.impls.split(",") if i.strip()} or None
+        results.append(run_suite(name.strip(), shape, args.rounds, only))
         print("\n".join(summary_lines(results[-1])), flush=True)
     if args.out:
         from redone_fast.info import cpu_model
@@ -117,8 +121,7 @@ def main(argv=None) -> int:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"{cpu_model()} ({cores} cores)"
         slug = record._slug(device) if torch.cuda.is_available() else f"cpu-{record._slug(cpu_model())}-{cores}c"
-        path = (record.RESULTS_DIR / f"lm_head_paired-{slug}-{started:%Y%m%d}.json"
-                if args.out == "auto" else Path(args.out))
+        path = record.new_results_path(f"lm_head_paired-{slug}-{started:%Y%m%d}") if args.out == "auto" else Path(args.out)
         path.parent.mkdir(parents=True, exist_ok=True)
         payload = {"suite": "lm_head_paired", "date_utc": started.isoformat(), "command": " ".join(sys.argv),
                    "device": device, "threads": torch.get_num_threads(), "dtype": str(B.DTYPE),

@@ -73,6 +73,16 @@ def _git(*args: str) -> str | None:
     return out.stdout.rstrip("\n")  # not strip(): porcelain lines start with a meaningful space
 
 
+def new_results_path(stem: str) -> Path:
+    """RESULTS_DIR / `<stem>.json`, or `<stem>-2.json`, `-3`, ... when taken: a run never replaces an earlier one
+    (a second run of the day, a GPU run split with -k). Every benchmark script names its files through this."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path, suffix = RESULTS_DIR / f"{stem}.json", 2
+    while path.exists():
+        path, suffix = RESULTS_DIR / f"{stem}-{suffix}.json", suffix + 1
+    return path
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
 
@@ -342,12 +352,7 @@ def main(argv: list[str]) -> int:
         "skipped": skipped,
         "failed": failed,
     }
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    out_path = RESULTS_DIR / f"lm_head-{slug}-{started.strftime('%Y%m%d')}.json"
-    suffix = 2
-    while out_path.exists():  # never replace an earlier run (e.g. a GPU run split with -k): number it
-        out_path = RESULTS_DIR / f"lm_head-{slug}-{started.strftime('%Y%m%d')}-{suffix}.json"
-        suffix += 1
+    out_path = new_results_path(f"lm_head-{slug}-{started.strftime('%Y%m%d')}")
     out_path.write_text(json.dumps(record, indent=1) + "\n")
     shown = out_path.relative_to(ROOT) if out_path.is_relative_to(ROOT) else out_path
     _print_table(rows, ratios, targets, skipped, failed, shown)
