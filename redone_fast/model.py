@@ -67,7 +67,7 @@ except ImportError:  # pragma: no cover - older transformers
 __all__ = [
     "ModelFolderError", "check_model_folder", "check_tokenizer_folder", "load_model", "load_tokenizer",
     "default_dtype", "default_attn_implementation", "model_body_and_head", "packed_hidden_states",
-    "block_causal_mask",
+    "block_causal_mask", "weight_files",
 ]
 
 CONFIG_FILE = "config.json"
@@ -173,7 +173,7 @@ def _read_config(path: Path) -> PretrainedConfig:
         raise ModelFolderError(path, f"{CONFIG_FILE} cannot be read as a {model_type} config: {e}") from e
 
 
-def _weight_files(path: Path) -> list[Path]:
+def weight_files(path: Path) -> list[Path]:
     """The safetensors files the folder's weights live in; raises when there are none or some are missing."""
     index_file = path / SAFETENSORS_INDEX_FILE
     if index_file.is_file():
@@ -224,7 +224,7 @@ def check_model_folder(path, *, tokenizer: bool = False) -> PretrainedConfig:
     path = Path(os.fspath(path))
     _check_folder_exists(path)
     config = _read_config(path)
-    _check_safetensors_headers(path, _weight_files(path))
+    _check_safetensors_headers(path, weight_files(path))
     if tokenizer:
         check_tokenizer_folder(path)
     return config

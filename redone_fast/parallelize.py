@@ -32,7 +32,7 @@ from torch.distributed.tensor import DTensor, Shard
 from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
 from redone_fast.errors import ConfigError
-from redone_fast.model import ModelFolderError, _weight_files, check_model_folder, default_attn_implementation
+from redone_fast.model import ModelFolderError, check_model_folder, default_attn_implementation, weight_files
 
 __all__ = ["ParallelConfig", "parallelize", "build_model", "load_sharded_weights", "init_random_weights",
            "decoder_blocks", "clean_name"]
@@ -145,7 +145,7 @@ def load_sharded_weights(model: PreTrainedModel, path) -> None:
 
     path = Path(os.fspath(path))
     check_model_folder(path)
-    files = _weight_files(path)
+    files = weight_files(path)
     where: dict[str, Path] = {}
     for file in files:
         with safe_open(str(file), framework="pt") as f:

@@ -22,7 +22,7 @@ import torch
 from redone_fast.data.formatting import EncodedSample
 from redone_fast.errors import ConfigError
 
-IGNORE_INDEX = -100
+IGNORE_INDEX = -100  # labels with this value carry no loss (torch's convention); the one definition
 OVERLONG_POLICIES = ("truncate", "drop")
 
 

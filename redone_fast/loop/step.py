@@ -24,6 +24,7 @@ from typing import Protocol, Sequence
 import torch
 from torch.distributed.tensor import DTensor
 
+from redone_fast.data.packing import IGNORE_INDEX
 from redone_fast.distributed import all_reduce_max, all_reduce_sum
 from redone_fast.model import model_body_and_head, packed_hidden_states
 from redone_fast.ops import linear_cross_entropy
@@ -31,7 +32,6 @@ from redone_fast.ops import linear_cross_entropy
 __all__ = ["Objective", "TokenCrossEntropy", "StepResult", "forward_backward", "train_step", "evaluate_loss",
            "rank_micro_batches", "grad_norm"]
 
-IGNORE_INDEX = -100
 
 
 class Objective(Protocol):

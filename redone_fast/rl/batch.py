@@ -13,7 +13,8 @@ from collections.abc import Sequence
 
 import torch
 
-from redone_fast.rl.loss import IGNORE_INDEX, RLMicroBatch
+from redone_fast.data.packing import IGNORE_INDEX
+from redone_fast.rl.loss import RLMicroBatch
 
 __all__ = ["pack_rollouts"]
 

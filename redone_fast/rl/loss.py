@@ -36,12 +36,12 @@ from dataclasses import dataclass
 
 import torch
 
+from redone_fast.data.packing import IGNORE_INDEX
 from redone_fast.errors import ConfigError
 from redone_fast.ops import linear_logprob_loss
 
 __all__ = ["RLMicroBatch", "DAPOObjective", "AGGREGATIONS"]
 
-IGNORE_INDEX = -100
 AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum")
 
 
