@@ -34,65 +34,17 @@ import dataclasses
 import json
 import math
 import os
-import re
 import sys
 import time
-import warnings
 from pathlib import Path
 
 from redone_fast.config import add_config_arguments, apply_config_arguments
-from redone_fast.data.schema import DataError, Sample
+from redone_fast.data.schema import DataError
 from redone_fast.errors import run_cli
 from redone_fast.pipeline.scoring import EvalConfig, context_length, evaluate_samples, \
-    first_per_task, generate_answers_flagged, open_engine, task_domain
+    first_per_task, open_engine, score_sns_bench_samples, task_domain
 
-__all__ = ["score_sns_bench", "score_sns_bench_samples", "format_report", "build_parser", "main"]
-
-
-# ---------------------------------------------------------------------------------------------------
-# SNS-Bench
-
-
-def score_sns_bench_samples(engine, samples_by_task: dict[str, list[Sample]], cfg: EvalConfig, *, ctx=None) -> dict:
-    """Greedy answers to every item, scored per file with SNS-Bench's metric; the "sns_bench" JSON part.
-
-    samples_by_task: `redone_fast.data.sns_bench.load_sns_bench(...)`'s result (possibly cut per file).
-    Returns {"files": {stem: {"score", "metric", "items", "too_long", "stand_in"}}, "mean", "too_long"};
-    "mean" is the plain mean of the files' scores.
-    """
-    from redone_fast.data.sns_bench import TASK_PREFIX
-    from redone_fast.rewards.sns_bench import QUERY_GEN_STAND_IN, evaluate
-
-    samples = [sample for items in samples_by_task.values() for sample in items]
-    if not samples:
-        raise ValueError("score_sns_bench: no SNS-Bench items to score")
-    # One generate call for all files: the engine's length-sorted batches mix files of similar lengths.
-    answers, too_long = generate_answers_flagged(engine, samples, n=1, temperature=0.0,
-                                                 max_new_tokens=cfg.max_new_tokens, seed=0, ctx=ctx)
-    files, start = {}, 0
-    for task, items in samples_by_task.items():
-        stop = start + len(items)
-        predictions = [group[0] for group in answers[start:stop]]
-        with warnings.catch_warnings():  # the stand-in is recorded in the result instead
-            warnings.filterwarnings("ignore", message=re.escape(QUERY_GEN_STAND_IN[:60]))
-            result = evaluate(task, predictions, items)
-        stem = task[len(TASK_PREFIX):] if task.startswith(TASK_PREFIX) else task
-        files[stem] = {"score": float(result.score), "metric": result.metric, "items": len(items),
-                       "too_long": int(sum(too_long[start:stop])), "stand_in": result.stand_in}
-        start = stop
-    mean = sum(row["score"] for row in files.values()) / len(files)
-    return {"files": files, "mean": mean, "too_long": int(sum(too_long))}
-
-
-def score_sns_bench(engine, root, cfg: EvalConfig, *, ctx=None, limit: int | None = None) -> dict:
-    """`score_sns_bench_samples` on the SNS-Bench folder `root`, the first `limit` items of each file
-    (None: cfg.max_samples_per_task; 0: all). Raises DataError for a missing folder or a bad item."""
-    from redone_fast.data.sns_bench import load_sns_bench
-    limit = cfg.max_samples_per_task if limit is None else limit
-    by_task = {task: first_per_task(items, limit) for task, items in load_sns_bench(root).items()}
-    result = score_sns_bench_samples(engine, by_task, cfg, ctx=ctx)
-    result["limit"] = limit
-    return result
+__all__ = ["format_report", "build_parser", "main"]
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -248,7 +248,7 @@ class Pipeline:
         return {"model": model}
 
     def _sns_bench(self, engine) -> dict:
-        from redone_fast.eval import score_sns_bench
+        from redone_fast.pipeline.scoring import score_sns_bench
         return score_sns_bench(engine, self.cfg.sns_bench, self.cfg.evaluation, ctx=self.ctx)
 
     def run_stage(self, key: str) -> dict:

@@ -23,10 +23,14 @@ What is scored, and how:
   (`seed + rank * len(samples) * n`, so no two ranks share a seed stream).
 - Prompts go to the engine sorted by length (similar lengths share a padded batch: about 8x faster on
   the tiny model than file order); results come back in sample order.
+- SNS-Bench (`score_sns_bench`): greedy answers to the benchmark's items scored per file with its own
+  metric (`redone_fast.rewards.sns_bench`); the eval CLI and the pipeline both call it from here.
 """
 from __future__ import annotations
 
 import math
+import re
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -334,3 +338,45 @@ def pass_rates(engine, samples: Sequence[Sample], *, k: int, temperature: float 
     rates = [0.0 if too_long else sum(r >= threshold for r in rewards) / k for rewards, too_long in results]
     means = [sum(rewards) / k for rewards, _ in results]
     return rates, means
+
+
+def score_sns_bench_samples(engine, samples_by_task: dict[str, list[Sample]], cfg: EvalConfig, *, ctx=None) -> dict:
+    """Greedy answers to every item, scored per file with SNS-Bench's metric; the "sns_bench" JSON part.
+
+    samples_by_task: `redone_fast.data.sns_bench.load_sns_bench(...)`'s result (possibly cut per file).
+    Returns {"files": {stem: {"score", "metric", "items", "too_long", "stand_in"}}, "mean", "too_long"};
+    "mean" is the plain mean of the files' scores.
+    """
+    from redone_fast.data.sns_bench import TASK_PREFIX
+    from redone_fast.rewards.sns_bench import QUERY_GEN_STAND_IN, evaluate
+
+    samples = [sample for items in samples_by_task.values() for sample in items]
+    if not samples:
+        raise ValueError("score_sns_bench: no SNS-Bench items to score")
+    # One generate call for all files: the engine's length-sorted batches mix files of similar lengths.
+    answers, too_long = generate_answers_flagged(engine, samples, n=1, temperature=0.0,
+                                                 max_new_tokens=cfg.max_new_tokens, seed=0, ctx=ctx)
+    files, start = {}, 0
+    for task, items in samples_by_task.items():
+        stop = start + len(items)
+        predictions = [group[0] for group in answers[start:stop]]
+        with warnings.catch_warnings():  # the stand-in is recorded in the result instead
+            warnings.filterwarnings("ignore", message=re.escape(QUERY_GEN_STAND_IN[:60]))
+            result = evaluate(task, predictions, items)
+        stem = task[len(TASK_PREFIX):] if task.startswith(TASK_PREFIX) else task
+        files[stem] = {"score": float(result.score), "metric": result.metric, "items": len(items),
+                       "too_long": int(sum(too_long[start:stop])), "stand_in": result.stand_in}
+        start = stop
+    mean = sum(row["score"] for row in files.values()) / len(files)
+    return {"files": files, "mean": mean, "too_long": int(sum(too_long))}
+
+
+def score_sns_bench(engine, root, cfg: EvalConfig, *, ctx=None, limit: int | None = None) -> dict:
+    """`score_sns_bench_samples` on the SNS-Bench folder `root`, the first `limit` items of each file
+    (None: cfg.max_samples_per_task; 0: all). Raises DataError for a missing folder or a bad item."""
+    from redone_fast.data.sns_bench import load_sns_bench
+    limit = cfg.max_samples_per_task if limit is None else limit
+    by_task = {task: first_per_task(items, limit) for task, items in load_sns_bench(root).items()}
+    result = score_sns_bench_samples(engine, by_task, cfg, ctx=ctx)
+    result["limit"] = limit
+    return result
