@@ -3,7 +3,7 @@
     python benchmarks/compare_interleaved.py [--shape 4096,512,32768] [--rounds 9] [--out auto|PATH]
 
 `bench_lm_head.py` times each implementation's rounds back to back, so a shared machine whose speed drifts
-between cases (a 2-core VM: the same case measured 15% apart in two runs an hour apart) moves the ratios.
+between cases (a 2-core VM: the same case measured 15% apart in two runs 15 minutes apart) moves the ratios.
 Here every round runs each implementation once, in turn, and the ratio fused / peer is taken within the
 round: drift common to a round cancels. Reported per implementation: median and min of its times, and per
 peer the median, min and max of the per-round ratios. The implementations and inputs are
