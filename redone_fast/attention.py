@@ -15,8 +15,8 @@ plain torch, for every device:
 - the real rows are scattered back to their places in the packed row.
 
 Work is at most 4x the samples' own (a sample padded to twice its length), usually near 1x, and never
-grows with the number of samples in the row. The buckets are planned on the host from `cu_seq_lens_q` in
-every layer: on CUDA that is one small device-to-host copy per layer (not measured here: no GPU). Differentiable (gathers and SDPA). Registered with
+grows with the number of samples in the row. The buckets are planned on the host from `cu_seq_lens_q` once
+per forward (the first layer; the others reuse the plan): on CUDA one small device-to-host copy per forward. Differentiable (gathers and SDPA). Registered with
 transformers under the name `PACKED_SDPA`; without `cu_seq_lens_q` (generation, a single unpacked
 sequence) and on sliding-window layers (the window needs the mask) it is exactly transformers' "sdpa",
 mask included, so a model loaded with it generates as an "sdpa" model does.
@@ -64,24 +64,44 @@ def segment_buckets(cu_seqlens: torch.Tensor) -> list[tuple[torch.Tensor, torch.
     return buckets
 
 
+# The plan of the last packed row: every layer of one forward gets the same `cu_seqlens` tensor, so the
+# buckets, masks and inverse permutation are built (and, on CUDA, copied from the host) once per forward,
+# not once per layer. Keyed by the tensor itself, its in-place version and the device.
+_last_plan: tuple | None = None
+
+
+def _segment_plan(cu_seqlens: torch.Tensor, device: torch.device):
+    """([(index [n, L], real [n, L] bool, L) per bucket], order [T]) on `device`; `order` puts the buckets'
+    concatenated real rows back into packed order."""
+    global _last_plan
+    key = (cu_seqlens, cu_seqlens._version, device)
+    if _last_plan is not None and _last_plan[0] is key[0] and _last_plan[1:3] == key[1:]:
+        return _last_plan[3]
+    buckets, positions = [], []
+    for index, lengths, longest in segment_buckets(cu_seqlens):
+        real = torch.arange(longest)[None, :] < lengths[:, None]
+        positions.append(index[real])
+        buckets.append((index.to(device), real.to(device), longest))
+    flat_positions = torch.cat(positions)
+    order = torch.empty(flat_positions.numel(), dtype=torch.long)
+    order[flat_positions] = torch.arange(flat_positions.numel())
+    plan = (buckets, order.to(device))
+    _last_plan = (*key, plan)
+    return plan
+
+
 def _segment_attention(query, key, value, cu_seqlens, scaling, dropout):
     """query [1, Hq, T, d], key/value [1, Hkv, T, d] -> [1, T, Hq, d], each sample attending to itself."""
-    device, num_tokens = query.device, query.shape[2]
     gqa = query.shape[1] != key.shape[1]
-    pieces, positions = [], []
-    for index, lengths, longest in segment_buckets(cu_seqlens):
-        index = index.to(device)
+    buckets, order = _segment_plan(cu_seqlens, query.device)
+    pieces = []
+    for index, real, longest in buckets:
         # [1, H, n, L, d] -> [n, H, L, d]: one padded sequence per sample of the bucket
         q, k, v = (t[0][:, index].transpose(0, 1) for t in (query, key, value))
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=longest > 1, scale=scaling,
                                              enable_gqa=gqa)
-        real = (torch.arange(longest)[None, :] < lengths[:, None]).to(device)  # [n, L]
         pieces.append(out.transpose(1, 2)[real])  # [tokens of the bucket, Hq, d]
-        positions.append(index[real])
     # Put the rows back in packed order: one gather by the inverse permutation.
-    order = torch.empty(num_tokens, dtype=torch.long, device=device)
-    flat_positions = torch.cat(positions)
-    order[flat_positions] = torch.arange(num_tokens, device=device)
     return torch.cat(pieces)[order][None]
 
 

@@ -117,3 +117,20 @@ def test_body_alone_without_cu_seqlens_is_causal_sdpa():
         full = body(input_ids=ids, use_cache=False).last_hidden_state
         prefix = body(input_ids=ids[:, :4], use_cache=False).last_hidden_state
     torch.testing.assert_close(full[:, :4], prefix, rtol=0, atol=2e-6)
+
+
+def test_the_plan_follows_the_packing():
+    """The bucket plan is built once per forward and reused by the other layers: a new packing, or the same
+    tensor changed in place, must get a new plan (each result equal to its samples alone)."""
+    torch.manual_seed(0)
+    model = load_model(tiny_config("qwen3"), dtype=torch.float64)
+    first = [5, 1, 9, 3]
+    second = [3, 9, 1, 5]  # the same total, so one cu_seqlens tensor can hold either
+    samples, input_ids, position_ids, cu_seqlens, _ = packed_batch(first)
+    samples2, input_ids2, position_ids2, cu_seqlens2, _ = packed_batch(second)
+    with torch.no_grad():
+        torch.testing.assert_close(packed_hidden_states(model, input_ids, position_ids, cu_seqlens),
+                                   per_sample_hidden(model, samples), rtol=1e-10, atol=1e-12)
+        cu_seqlens.copy_(cu_seqlens2)  # in place: the cached plan must not be reused
+        torch.testing.assert_close(packed_hidden_states(model, input_ids2, position_ids2, cu_seqlens),
+                                   per_sample_hidden(model, samples2), rtol=1e-10, atol=1e-12)

@@ -33,16 +33,24 @@ from redone_fast.ops.linear_logprobs import linear_logprobs_ref
 TokenLoss = Callable[[Tensor, Tensor | None, int, int], Tensor]
 
 
-def _chunk_loss_and_grads(token_loss: TokenLoss, logp: Tensor, entropy: Tensor | None, start: int, end: int):
-    """(sum of the chunk's token losses, d / d logp, d / d entropy or None), all without a graph."""
+def _token_losses(token_loss: TokenLoss, logp: Tensor, entropy: Tensor | None, start: int, end: int) -> Tensor:
+    loss = token_loss(logp, entropy, start, end)
+    if loss.shape != logp.shape:
+        raise ValueError(f"token_loss must return one value per token, shape {tuple(logp.shape)}; "
+                         f"got {tuple(loss.shape)}")
+    return loss
+
+
+def _chunk_loss_and_grads(token_loss: TokenLoss, logp: Tensor, entropy: Tensor | None, start: int, end: int,
+                          need_grad: bool = True):
+    """(sum of the chunk's token losses, d / d logp, d / d entropy or None), all without a graph; without
+    `need_grad` only the loss (the gradients None)."""
+    if not need_grad:
+        return _token_losses(token_loss, logp, entropy, start, end).sum().detach(), None, None
     with torch.enable_grad():
         logp = logp.detach().requires_grad_(True)
         entropy = entropy.detach().requires_grad_(True) if entropy is not None else None
-        loss = token_loss(logp, entropy, start, end)
-        if loss.shape != logp.shape:
-            raise ValueError(f"token_loss must return one value per token, shape {tuple(logp.shape)}; "
-                             f"got {tuple(loss.shape)}")
-        total = loss.sum()
+        total = _token_losses(token_loss, logp, entropy, start, end).sum()
         inputs = (logp,) if entropy is None else (logp, entropy)
         grads = torch.autograd.grad(total, inputs, allow_unused=True) if total.requires_grad else (None,) * len(inputs)
     grad_logp = grads[0] if grads[0] is not None else torch.zeros_like(logp)
@@ -72,7 +80,7 @@ class _LogprobLoss(torch.autograd.Function):
             if with_entropy:
                 entropy[start:end] = chunk_entropy
             loss, grad_logp, grad_entropy = _chunk_loss_and_grads(
-                token_loss, logp[start:end], entropy[start:end] if with_entropy else None, start, end)
+                token_loss, logp[start:end], entropy[start:end] if with_entropy else None, start, end, need_h or need_w)
             total += loss
             if need_h or need_w:
                 rows.logprob_grad_(logits, chunk_target, lse, chunk_entropy if grad_entropy is not None else None,
