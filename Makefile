@@ -9,7 +9,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.redone_fast-installed
 
-.PHONY: run test bench clean-venv
+.PHONY: run test lint bench clean-venv
 
 # The extension redone_fast._C is compiled by the editable install: editing csrc/ reinstalls (rebuilds) it.
 CSRC := $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*.h csrc/*/*.cu csrc/*/*.cuh)
@@ -31,6 +31,9 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/pytest tests -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
 
 bench: $(STAMP)
 	$(VENV)/bin/pytest benchmarks -q --benchmark-columns=min,median,max

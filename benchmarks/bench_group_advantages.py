@@ -64,19 +64,10 @@ def _sync():
         torch.cuda.synchronize()
 
 
-@pytest.mark.parametrize("impl", ["fused", "torch", "python_loop", "copy"])
-@pytest.mark.parametrize("num_samples", SIZES, ids=lambda n: f"N{n}")
-def test_group_advantages(benchmark, impl, num_samples):
-    if impl == "python_loop" and num_samples > PYTHON_LOOP_MAX_N:
-        pytest.skip(f"python_loop at N={num_samples} takes minutes on CPU (limit {PYTHON_LOOP_MAX_N})")
-    rewards, group_ids, num_groups, ranges, num_tokens = _batch(num_samples)
-    ideal_bytes = num_samples * (4 + 8 + 16 + 4 + 1) + 4 * num_tokens
-    benchmark.extra_info.update(impl=impl, N=num_samples, groups=num_groups, tokens=num_tokens,
-                                bytes=ideal_bytes, device=str(DEVICE))
+def _timed_call(impl, rewards, group_ids, num_groups, ranges, num_tokens):
+    """impl's call on this batch, then a device sync. The batch lives in its closure: dropping the function
+    frees the batch's tensors (GBs at N=256k on CUDA)."""
     if impl == "fused":
-        backend = resolve_backend(None, DEVICE)
-        benchmark.extra_info["backend"] = backend
-
         def run():
             group_advantages(rewards, group_ids, num_groups, token_ranges=ranges, num_tokens=num_tokens,
                              validate=False)
@@ -90,7 +81,6 @@ def test_group_advantages(benchmark, impl, num_samples):
     else:  # copy: read + write of the token output's size, the memory system's practical ceiling
         src = torch.empty(num_tokens, device=DEVICE)
         dst = torch.empty_like(src)
-        benchmark.extra_info["bytes"] = 2 * 4 * num_tokens
 
         def run():
             dst.copy_(src)
@@ -98,11 +88,29 @@ def test_group_advantages(benchmark, impl, num_samples):
     def timed():
         run()
         _sync()
+    return timed
+
+
+@pytest.mark.parametrize("impl", ["fused", "torch", "python_loop", "copy"])
+@pytest.mark.parametrize("num_samples", SIZES, ids=lambda n: f"N{n}")
+def test_group_advantages(benchmark, impl, num_samples):
+    if impl == "python_loop" and num_samples > PYTHON_LOOP_MAX_N:
+        pytest.skip(f"python_loop at N={num_samples} takes minutes on CPU (limit {PYTHON_LOOP_MAX_N})")
+    rewards, group_ids, num_groups, ranges, num_tokens = _batch(num_samples)
+    ideal_bytes = num_samples * (4 + 8 + 16 + 4 + 1) + 4 * num_tokens
+    benchmark.extra_info.update(impl=impl, N=num_samples, groups=num_groups, tokens=num_tokens,
+                                bytes=ideal_bytes, device=str(DEVICE))
+    if impl == "fused":
+        backend = resolve_backend(None, DEVICE)
+        benchmark.extra_info["backend"] = backend
+    elif impl == "copy":
+        benchmark.extra_info["bytes"] = 2 * 4 * num_tokens
+    timed = _timed_call(impl, rewards, group_ids, num_groups, ranges, num_tokens)
 
     timed()  # warm-up: Triton compilation, allocator
     rounds = 3 if impl == "python_loop" else int(os.environ.get("REDONE_BENCH_ROUNDS", "10"))
     benchmark.pedantic(timed, rounds=rounds, iterations=1, warmup_rounds=1 if CUDA else 0)
     median = benchmark.stats.stats.median
     benchmark.extra_info["GB/s"] = benchmark.extra_info["bytes"] / median / 1e9
-    del rewards, group_ids, ranges
+    del timed, rewards, group_ids, ranges
     gc.collect()

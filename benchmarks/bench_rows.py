@@ -73,6 +73,15 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
+def _timed(run):
+    """run, then a device sync. A function of its own, not a closure over the test's `run`: deleting the
+    test's names then frees the case's tensors."""
+    def timed():
+        run()
+        _sync()
+    return timed
+
+
 def _case(op: str, impl: str, rows: int):
     """-> (timed function, setup function or None, bytes moved)."""
     torch.manual_seed(0)
@@ -131,11 +140,7 @@ def test_row_kernel(benchmark, op, impl, rows):
     dtype = str(DTYPE).removeprefix("torch.")
     benchmark.group = f"{op} rows={rows} V={VOCAB} {dtype}"
     run, restore, nbytes = _case(op, impl, rows)
-
-    def timed():
-        run()
-        _sync()
-
+    timed = _timed(run)
     if restore is not None:
         restore()
     timed()  # warm-up (Triton compiles here)
@@ -152,7 +157,7 @@ def test_row_kernel(benchmark, op, impl, rows):
         op=op, impl=impl, rows=rows, V=VOCAB, dtype=dtype, device=DEVICE.type, bytes=nbytes, rounds=rounds,
         gb_per_s=nbytes / median / 1e9 if median > 0 else None, torch_num_threads=torch.get_num_threads(),
     )
-    del run, restore
+    del run, restore, timed
     gc.collect()
     if CUDA:
         torch.cuda.empty_cache()

@@ -158,17 +158,17 @@ def arch_config(name: str) -> Qwen3Config:
 # FLOPs (module docstring)
 # --------------------------------------------------------------------------------------------------
 def _dims(config) -> tuple[int, int, int, int, int, int, int]:
-    H, I, V = config.hidden_size, config.intermediate_size, config.vocab_size
+    H, I_mlp, V = config.hidden_size, config.intermediate_size, config.vocab_size
     n_layers, n_heads = config.num_hidden_layers, config.num_attention_heads
     n_kv = config.num_key_value_heads or n_heads
     d_head = getattr(config, "head_dim", None) or H // n_heads
-    return H, I, V, n_layers, n_heads, n_kv, d_head
+    return H, I_mlp, V, n_layers, n_heads, n_kv, d_head
 
 
 def layer_matmul_params(config) -> int:
     """Matmul weights of one decoder block: q, k, v, o projections and the gated MLP (no biases in Qwen3)."""
-    H, I, _, _, n_heads, n_kv, d_head = _dims(config)
-    return H * n_heads * d_head + 2 * H * n_kv * d_head + n_heads * d_head * H + 3 * H * I
+    H, I_mlp, _, _, n_heads, n_kv, d_head = _dims(config)
+    return H * n_heads * d_head + 2 * H * n_kv * d_head + n_heads * d_head * H + 3 * H * I_mlp
 
 
 def causal_pairs(sample_lengths) -> int:
@@ -444,10 +444,11 @@ def print_table(result: dict) -> None:
     print(f"\npeak: {peak['used_tflops']:.3f} TFLOP/s ({peak['source']})")
     if peak["dtype"] != "bfloat16":
         print(f"      note: {peak['dtype']} matmul peak, not bf16 (the model computes in {peak['dtype']} here)")
+    ac = "on" if result["config"]["activation_checkpointing"] else "off"
     for name, arch in result["archs"].items():
         print(f"{name}: {arch['model_flops_per_token'] / 1e9:.4f} GFLOP/token model FLOPs "
               f"({arch['samples_per_step']} samples, {arch['tokens_per_step']} tokens per step, "
-              f"{arch['micro_batches']} micro-batch(es); AC {'on' if result['config']['activation_checkpointing'] else 'off'}, "
+              f"{arch['micro_batches']} micro-batch(es); AC {ac}, "
               f"{result['config']['compute_dtype']}, attention {result['config']['attn_implementation']})")
     for c in result["comparisons"]:
         print(f"{c['arch']}: fused/torch tokens/s {_fmt(c['fused_over_torch_tokens_per_s'], '.3f')}, "
@@ -469,7 +470,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--head", action="append", choices=HEADS, help="LM head + loss (repeatable); default both")
     p.add_argument("--tokens-per-micro-batch", type=int, default=16384, help="packed tokens per micro-batch (16384)")
     p.add_argument("--micro-batches", type=int, default=1, help="micro-batches per optimizer step (1)")
-    p.add_argument("--sample-len", type=int, default=2048, help="sample length (2048; the longest when --sample-len-min)")
+    p.add_argument("--sample-len", type=int, default=2048,
+                   help="sample length (2048; the longest when --sample-len-min)")
     p.add_argument("--sample-len-min", type=int, default=None, help="draw lengths uniformly from [min, --sample-len]")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps (3)")
     p.add_argument("--steps", type=int, default=10, help="timed steps (10)")
@@ -479,9 +481,12 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "flash_attn imports, else sdpa)")
     p.add_argument("--param-dtype", default=None, help="compute dtype (default bfloat16 on CUDA, float32 on CPU)")
     p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
-    p.add_argument("--peak-size", type=int, default=None, help="matmul size for the peak (default 8192 CUDA, 1024 CPU)")
-    p.add_argument("--peak-repeats", type=int, default=5 if cuda else 3, help="timed batches of matmuls (5 CUDA, 3 CPU)")
-    p.add_argument("--peak-tflops", type=float, default=None, help="use this peak (TFLOP/s) instead of the measured one")
+    p.add_argument("--peak-size", type=int, default=None,
+                   help="matmul size for the peak (default 8192 CUDA, 1024 CPU)")
+    p.add_argument("--peak-repeats", type=int, default=5 if cuda else 3,
+                   help="timed batches of matmuls (5 CUDA, 3 CPU)")
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="use this peak (TFLOP/s) instead of the measured one")
     p.add_argument("--lr", type=float, default=1e-5, help="AdamW learning rate, constant (1e-5)")
     p.add_argument("--seed", type=int, default=0, help="weights and micro-batches (0)")
     p.add_argument("--out", default=None, help="results JSON file; 'auto': benchmarks/results/sft_throughput-...json")

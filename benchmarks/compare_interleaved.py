@@ -121,12 +121,16 @@ def main(argv=None) -> int:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"{cpu_model()} ({cores} cores)"
         slug = record._slug(device) if torch.cuda.is_available() else f"cpu-{record._slug(cpu_model())}-{cores}c"
-        path = record.new_results_path(f"lm_head_paired-{slug}-{started:%Y%m%d}") if args.out == "auto" else Path(args.out)
+        if args.out == "auto":
+            path = record.new_results_path(f"lm_head_paired-{slug}-{started:%Y%m%d}")
+        else:
+            path = Path(args.out)
         path.parent.mkdir(parents=True, exist_ok=True)
         payload = {"suite": "lm_head_paired", "date_utc": started.isoformat(), "command": " ".join(sys.argv),
                    "device": device, "threads": torch.get_num_threads(), "dtype": str(B.DTYPE),
                    "versions": {lib: record._version(lib) for lib in ("torch", "triton", "cut-cross-entropy")},
-                   "git_commit": record._git("rev-parse", "HEAD"), "git_dirty": bool(record._git("status", "--porcelain")),
+                   "git_commit": record._git("rev-parse", "HEAD"),
+                   "git_dirty": bool(record._git("status", "--porcelain")),
                    "rounds": args.rounds, "results": results}
         path.write_text(json.dumps(payload, indent=1))
         print(f"results: {path}")

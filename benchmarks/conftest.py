@@ -72,7 +72,8 @@ def device_info() -> dict:
     else:
         info.update(
             device_type="cpu",
-            device_name=f"{info['cpu_model']} ({info['cpu_usable']} usable cores, torch threads {info['torch_num_threads']})",
+            device_name=(f"{info['cpu_model']} ({info['cpu_usable']} usable cores, "
+                         f"torch threads {info['torch_num_threads']})"),
         )
     return info
 

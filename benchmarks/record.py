@@ -181,8 +181,12 @@ def _targets(rows: list[dict], ratios: list[dict]) -> list[dict]:
         return all(item.get(k) == v for k, v in TARGET_SHAPE.items() if k != "device")
 
     on_target_device = any(r["device"] == TARGET_SHAPE["device"] and at_target(r) for r in rows)
-    ce = next((r for r in ratios if r["op"] == "linear_cross_entropy" and at_target(r)), {}) if on_target_device else {}
-    lp = next((r for r in ratios if r["op"] == "linear_logprobs_nograd" and at_target(r)), {}) if on_target_device else {}
+
+    def target_ratio(op):
+        return next((r for r in ratios if r["op"] == op and at_target(r)), {}) if on_target_device else {}
+
+    ce = target_ratio("linear_cross_entropy")
+    lp = target_ratio("linear_logprobs_nograd")
     ce_fused = next((r for r in rows if r["op"] == "linear_cross_entropy" and r["impl"] == "fused"
                      and r["device"] == "cuda" and at_target(r)), None)
 
@@ -257,7 +261,8 @@ def _print_table(rows, ratios, targets, skipped, failed, out_path):
             print(f"  {OP_SHORT.get(r['op'], r['op']):<13} T={r['T']} H={r['H']} V={r['V']} {r['dtype']}: "
                   f"gemm {_fmt(r.get('fused_over_gemm'), '.2f')}, liger {_fmt(r.get('fused_over_liger'), '.2f')}, "
                   f"eager {_fmt(r.get('fused_over_torch_eager'), '.2f')}, "
-                  f"compile {_fmt(r.get('fused_over_torch_compile'), '.2f')}, cce {_fmt(r.get('fused_over_cce'), '.2f')}, "
+                  f"compile {_fmt(r.get('fused_over_torch_compile'), '.2f')}, "
+                  f"cce {_fmt(r.get('fused_over_cce'), '.2f')}, "
                   f"native {_fmt(r.get('fused_over_torch_native'), '.2f')}; "
                   f"peak vs eager {_fmt(r.get('peak_fused_over_torch_eager'), '.3f')}, "
                   f"vs native {_fmt(r.get('peak_fused_over_torch_native'), '.3f')}")

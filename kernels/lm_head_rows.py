@@ -21,7 +21,6 @@ import triton.language as tl
 
 from redone_fast.kernels.launch import device_guard
 
-
 ROW_ALIGN = 16  # elements: a row stride the compiler can prove 16-divisible gives 16-byte vector loads
 
 

@@ -16,7 +16,8 @@ plain torch, for every device:
 
 Work is at most 4x the samples' own (a sample padded to twice its length), usually near 1x, and never
 grows with the number of samples in the row. The buckets are planned on the host from `cu_seq_lens_q` once
-per forward (the first layer; the others reuse the plan): on CUDA one small device-to-host copy per forward. Differentiable (gathers and SDPA). Registered with
+per forward (the first layer; the others reuse the plan): on CUDA one small device-to-host copy per forward.
+Differentiable (gathers and SDPA). Registered with
 transformers under the name `PACKED_SDPA`; without `cu_seq_lens_q` (generation, a single unpacked
 sequence) and on sliding-window layers (the window needs the mask) it is exactly transformers' "sdpa",
 mask included, so a model loaded with it generates as an "sdpa" model does.

@@ -1,4 +1,4 @@
-"""Process group and device mesh: one process is a mesh of one, `torchrun` gives many (DESIGN section 4).
+"""Process group and device mesh: one process is a mesh of one, `torchrun` gives many (docs/design.md, "Parallelism").
 
 `init_distributed()` reads torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT); without
 it, a single process gets a one-rank group on an in-memory store, so the loop runs the same FSDP2 code
@@ -48,8 +48,8 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
 from redone_fast.errors import ConfigError
 
-__all__ = ["DistContext", "init_distributed", "destroy_distributed", "all_reduce_sum", "all_reduce_max", "all_gather_objects",
-           "any_rank", "TIMEOUT_ENV", "PEER_TIMEOUT_ENV", "PEER_LOST_EXIT_CODE"]
+__all__ = ["DistContext", "init_distributed", "destroy_distributed", "all_reduce_sum", "all_reduce_max",
+           "all_gather_objects", "any_rank", "TIMEOUT_ENV", "PEER_TIMEOUT_ENV", "PEER_LOST_EXIT_CODE"]
 
 TIMEOUT_ENV = "REDONE_FAST_DIST_TIMEOUT_S"
 PEER_TIMEOUT_ENV = "REDONE_FAST_PEER_TIMEOUT_S"

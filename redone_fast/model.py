@@ -1,4 +1,5 @@
-"""The model layer (DESIGN section 4): Hugging Face causal decoders, loaded locally, run on packed batches.
+"""The model layer: Hugging Face causal decoders, loaded locally, run on packed batches
+(docs/design.md, "Model and packing").
 
 - `load_model(path_or_config)`: any `AutoModelForCausalLM` decoder (Qwen3 first; Llama, Qwen2, ...) from a
   local folder (config.json + safetensors) or from a `PretrainedConfig` (random init, deterministic under
@@ -11,36 +12,20 @@
   head's weight `[V, H]` (the embedding matrix when tied). Losses come from
   `redone_fast.ops.linear_cross_entropy(hidden, lm_head_weight, labels)`: no full logits, no patched
   model classes.
-- `packed_hidden_states(model, input_ids, position_ids, cu_seqlens)`: the body on one packed micro-batch.
+- `packed_hidden_states(model, input_ids, position_ids, cu_seqlens)`: the body on one packed micro-batch,
+  hidden states `[T, H]`, each sample attending only to itself. Always `use_cache=False`: with a cache,
+  transformers skips its detection of packed samples and they attend across boundaries
+  (tests/test_model.py pins it). How the samples are kept apart depends on the attention implementation:
+  flash_attention_2/3 and `PACKED_SDPA` (redone_fast.attention, the default without flash-attn) get
+  `cu_seq_lens_q/k` and `max_length_q/k` and no mask; "sdpa" and "eager" get position ids only where
+  transformers detects packing from them (5.x: `masking_utils.find_packed_sequence_indices`), else our
+  `block_causal_mask` from `cu_seqlens` (`[1, 1, T, T]`, bool for sdpa, additive for eager; only with
+  more than one sample). RoPE reads the position ids, so they must agree with `cu_seqlens` (checked on CPU).
+  The root `*ForCausalLM` runs (FSDP2's root hook gathers embedding, final norm and head) with an empty
+  `logits_to_keep`; a forward hook takes the body's output.
 
-Packed attention, what we found (transformers 5.23.0 here, and 5.17.0, the GPU machines' version, run
-against the same tests on CPU): with `attention_mask=None`, `use_cache=False` and `position_ids` that
-restart at 0 per sample, transformers' mask construction (`masking_utils._preprocess_mask_arguments` ->
-`find_packed_sequence_indices`; in both versions, older releases may lack it) detects the sample boundaries
-from the position ids (a step other than +1 starts a new sample) and builds a block-diagonal causal mask
-for sdpa, eager and flex attention. It does so only without a cache: with `use_cache=True` a fresh
-`DynamicCache` is passed down, detection is skipped, and the samples silently attend across boundaries
-(tests/test_model.py pins both). For sdpa that mask is a dense `[1, 1, T, T]` bool tensor, so packing on
-sdpa costs T^2 bytes per micro-batch whoever builds the mask; the is_causal fast path (no mask) is kept
-when the micro-batch holds a single sample. flash_attention_2/3 take `cu_seq_lens_q/k` and
-`max_length_q/k` as keyword arguments passed down to every attention layer and then run the varlen
-kernel with no mask at all; without them transformers re-derives the boundaries from the position ids
-in every layer (read in `modeling_flash_attention_utils._flash_attention_forward`; flash-attn itself
-was not run here: no GPU).
-
-What we chose: on transformers with that detection we pass position ids only and let it build the mask
-(it also handles sliding-window layers, which a mask passed from outside would override). Where the
-detection is missing (older transformers) we build the block-causal mask from `cu_seqlens` ourselves,
-`[1, 1, T, T]`, bool for sdpa and additive in the model dtype for eager (which adds the mask to the
-scores), and only when the micro-batch holds more than one sample. On flash attention we pass
-`cu_seqlens` (int32) and `max_seqlen` through. The boundaries come from the position ids on the first
-route and from `cu_seqlens` on the other two, and RoPE always reads the position ids, so the two must
-agree; on CPU that is checked.
-
-FSDP2: `packed_hidden_states` runs the `*ForCausalLM` root's forward (so FSDP2's root hook gathers the
-embedding, final norm and head) with an empty `logits_to_keep` (no logits) and takes the body's output with
-a forward hook. FSDP2 keeps the root's weights gathered after forward, so `lm_head.weight` read afterwards
-is the full matrix and its gradient is reduce-scattered at the end of backward (`redone_fast.parallelize`).
+What transformers does with packed inputs, as read and measured, and why we route as above:
+docs/notes.md, "Packed attention in transformers".
 """
 from __future__ import annotations
 
@@ -51,7 +36,6 @@ import os
 from pathlib import Path
 
 import torch
-
 import transformers
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel
 
@@ -387,8 +371,8 @@ def packed_hidden_states(model: PreTrainedModel, input_ids: torch.Tensor, positi
 
     input_ids [T] int64, position_ids [T] restarting at 0 per sample, cu_seqlens [B + 1] (int32 as
     flash-attn takes it) with the samples' boundaries; no padding anywhere. Runs the body with
-    use_cache=False and attention_mask=None (see the module docstring for how the samples are kept
-    apart on each attention backend). max_seqlen: the longest sample, for flash attention (computed
+    use_cache=False (see the module docstring for how the samples are kept apart on each attention
+    backend). max_seqlen: the longest sample, for flash attention and packed_sdpa (computed
     from cu_seqlens when None: one host synchronisation). validate: check cu_seqlens / position_ids
     values (default: on CPU only; on CUDA it would synchronise).
     """

@@ -1,4 +1,4 @@
-"""Error budgets against float64 references (DESIGN section 7).
+"""Error budgets against float64 references (docs/design.md, "Testing without a GPU").
 
 A fused result may differ from the float64 truth by at most a small multiple of what torch itself
 gets wrong computing the same thing naively in the same dtype. The floor (one unit of the dtype's
@@ -13,7 +13,8 @@ def max_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.double() - b.double()).abs().max().item() if a.numel() else 0.0
 
 
-def assert_within_budget(name: str, ours: torch.Tensor, same_dtype_torch: torch.Tensor, truth: torch.Tensor, dtype: torch.dtype):
+def assert_within_budget(name: str, ours: torch.Tensor, same_dtype_torch: torch.Tensor, truth: torch.Tensor,
+                         dtype: torch.dtype):
     assert ours.shape == truth.shape, f"{name}: shape {tuple(ours.shape)} != {tuple(truth.shape)}"
     assert torch.isfinite(ours).all(), f"{name}: non-finite values"
     if truth.numel() == 0:

@@ -7,12 +7,19 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.tensor import DTensor
 
-from redone_fast.loop import Checkpointer, CheckpointError, OptimConfig, TokenCrossEntropy, build_optimizer, \
-    build_scheduler, train_step
+from loop_helpers import tiny_micro_batches
+from redone_fast.loop import (
+    Checkpointer,
+    CheckpointError,
+    OptimConfig,
+    TokenCrossEntropy,
+    build_optimizer,
+    build_scheduler,
+    train_step,
+)
 from redone_fast.loop.checkpoint import MANIFEST, SafeFileSystemReader, SafeLoadPlanner
 from redone_fast.parallelize import ParallelConfig, build_model, clean_name
 from redone_fast.tiny import model_path
-from loop_helpers import tiny_micro_batches
 
 
 def _full(t):

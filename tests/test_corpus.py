@@ -6,8 +6,16 @@ import functools
 import pytest
 
 from redone_fast.data import corpus as corpus_module
-from redone_fast.data.corpus import (EVAL_PER_TASK, EXPLAIN, GENERAL_TASKS, HELDOUT_TASKS, SNS_TASKS, SPLITS,
-                                     generate_corpus, write_corpus)
+from redone_fast.data.corpus import (
+    EVAL_PER_TASK,
+    EXPLAIN,
+    GENERAL_TASKS,
+    HELDOUT_TASKS,
+    SNS_TASKS,
+    SPLITS,
+    generate_corpus,
+    write_corpus,
+)
 from redone_fast.data.schema import load_jsonl
 from redone_fast.data.tasks import TASKS
 from redone_fast.tiny import BUILD_SEED, SHIPPED_SPLITS, data_path

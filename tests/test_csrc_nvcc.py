@@ -34,7 +34,8 @@ def test_cuda_sources_exist():
 @pytest.mark.parametrize("path", [*CU_FILES, CUDA_DIR / "launchers.h"], ids=lambda p: p.name)
 def test_no_torch_headers(path: Path):
     found = TORCH_INCLUDE.findall(path.read_text())
-    assert not found, f"{path.name} includes {found} headers: csrc/cuda/*.cu and launchers.h must compile with nvcc alone"
+    assert not found, (f"{path.name} includes {found} headers: "
+                       "csrc/cuda/*.cu and launchers.h must compile with nvcc alone")
 
 
 @needs_nvcc

@@ -14,11 +14,15 @@ from redone_fast.rl.shaping import overlong_penalty
 H, V = 24, 97
 
 
+def _random_ids(generator, min_len, max_len):
+    """Random token ids, of a random length in [min_len, max_len) (drawn first, from the same generator)."""
+    length = int(torch.randint(min_len, max_len, (1,), generator=generator))
+    return torch.randint(0, V, (length,), generator=generator).tolist()
+
+
 def _rollouts(generator, count=7):
-    prompts = [torch.randint(0, V, (int(torch.randint(2, 9, (1,), generator=generator)),), generator=generator).tolist()
-               for _ in range(count)]
-    responses = [torch.randint(0, V, (int(torch.randint(1, 12, (1,), generator=generator)),), generator=generator).tolist()
-                 for _ in range(count)]
+    prompts = [_random_ids(generator, 2, 9) for _ in range(count)]
+    responses = [_random_ids(generator, 1, 12) for _ in range(count)]
     advantages = (torch.randn(count, generator=generator) * 1.5).tolist()
     advantages[0] = 0.0  # a sequence from a group with no signal
     return prompts, responses, advantages
@@ -77,7 +81,8 @@ def test_dapo_loss_and_gradients_match_float64(aggregation, dual_clip, kl_coef, 
     assert len(batches) >= 2
 
     weight = (torch.randn(V, H, generator=generator) * 0.3).requires_grad_()
-    hidden_of = [(torch.randn(len(p) + len(r), H, generator=generator)).requires_grad_() for p, r in zip(prompts, responses)]
+    hidden_of = [(torch.randn(len(p) + len(r), H, generator=generator)).requires_grad_()
+                 for p, r in zip(prompts, responses)]
     # Old log-probs near the current ones, so that some ratios fall outside the clip range on both sides.
     with torch.no_grad():
         current = []
@@ -113,7 +118,8 @@ def test_dapo_loss_and_gradients_match_float64(aggregation, dual_clip, kl_coef, 
     direct = _direct_loss(hidden_of, weight, prompts, responses, advantages, old64, ref64, objective)
     direct.backward()
     with torch.no_grad():
-        magnitude = _direct_loss(hidden_of, weight, prompts, responses, advantages, old64, ref64, objective, absolute=True)
+        magnitude = _direct_loss(hidden_of, weight, prompts, responses, advantages, old64, ref64, objective,
+                                 absolute=True)
     _assert_loss_close(ours, direct, magnitude)
     for ours_g, t in zip(our_grads, [weight, *hidden_of]):
         torch.testing.assert_close(ours_g.double(), t.grad.double(), rtol=1e-4, atol=1e-6)
@@ -128,7 +134,8 @@ def test_on_policy_batches_without_old_logprobs_match_float64(aggregation):
     objective = DAPOObjective(eps_low=0.2, eps_high=0.28, aggregation=aggregation, temperature=0.9)
     batches = pack_rollouts(prompts, responses, advantages, token_budget=24)
     weight = (torch.randn(V, H, generator=generator) * 0.3).requires_grad_()
-    hidden_of = [(torch.randn(len(p) + len(r), H, generator=generator)).requires_grad_() for p, r in zip(prompts, responses)]
+    hidden_of = [(torch.randn(len(p) + len(r), H, generator=generator)).requires_grad_()
+                 for p, r in zip(prompts, responses)]
     with torch.no_grad():
         current = []
         for i, (p, r) in enumerate(zip(prompts, responses)):
@@ -152,7 +159,8 @@ def test_on_policy_batches_without_old_logprobs_match_float64(aggregation):
     direct = _direct_loss(hidden_of, weight, prompts, responses, advantages, current, zeros, objective)
     direct.backward()
     with torch.no_grad():
-        magnitude = _direct_loss(hidden_of, weight, prompts, responses, advantages, current, zeros, objective, absolute=True)
+        magnitude = _direct_loss(hidden_of, weight, prompts, responses, advantages, current, zeros, objective,
+                                 absolute=True)
     _assert_loss_close(total / denominator, direct, magnitude)
     for ours_g, t in zip(our_grads, [weight, *hidden_of]):
         torch.testing.assert_close(ours_g.double(), t.grad.double(), rtol=1e-4, atol=1e-6)

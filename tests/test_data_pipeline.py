@@ -12,7 +12,8 @@ from redone_fast.data.schema import Sample
 from tiny_tokenizer import tiny_tokenizer
 
 
-def sample(task="note_taxonomy", prompt="Pick the category. Note: latte art ☕️\nAnswer:", answer="Food", rationale=None, i=0):
+def sample(task="note_taxonomy", prompt="Pick the category. Note: latte art ☕️\nAnswer:", answer="Food", rationale=None,
+           i=0):
     return Sample(task=task, prompt=prompt, answer=answer, reward={"name": "exact_match", "params": {}},
                   rationale=rationale, id=f"{task}/{i}")
 
@@ -89,7 +90,8 @@ def test_overlong_policy_is_applied_and_counted(overlong, expect_truncated, expe
 
 
 def pools():
-    sns = {"note_taxonomy": [sample(i=i) for i in range(200)], "hashtag_choice": [sample("hashtag_choice", i=i) for i in range(20)],
+    sns = {"note_taxonomy": [sample(i=i) for i in range(200)],
+           "hashtag_choice": [sample("hashtag_choice", i=i) for i in range(20)],
            "entity_extraction": [sample("entity_extraction", i=i) for i in range(2)]}
     general = {"arithmetic": [sample("arithmetic", i=i) for i in range(50)]}
     return sns, general

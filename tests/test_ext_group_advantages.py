@@ -170,13 +170,14 @@ def test_bad_input_is_reported_not_written_out_of_bounds():
 
 def test_meta_shapes_and_opcheck():
     meta = torch.device("meta")
-    seq, tok, mean, std, keep = OP(torch.empty(10, device=meta), torch.empty(10, dtype=torch.long, device=meta), 4, True,
-                                   1e-6, torch.empty(10, 2, dtype=torch.long, device=meta), 77)
+    seq, tok, mean, std, keep = OP(torch.empty(10, device=meta), torch.empty(10, dtype=torch.long, device=meta), 4,
+                                   True, 1e-6, torch.empty(10, 2, dtype=torch.long, device=meta), 77)
     assert [tuple(t.shape) for t in (seq, tok, mean, std, keep)] == [(10,), (77,), (4,), (4,), (10,)]
     assert keep.dtype == torch.bool and all(t.device == meta for t in (seq, tok, mean, std, keep))
     assert OP(torch.empty(10, device=meta), torch.empty(10, dtype=torch.long, device=meta), 4, True, 1e-6, None,
               0)[1].shape == (0,)
     group_ids = torch.tensor([0, 0, 1, 1, 2, 3])
     ranges, used = packed_ranges([2, 1, 3, 0, 2, 2], [0, 1, 0, 2, 0, 1])
-    for args in ((torch.rand(6), group_ids, 5, True, 1e-6, ranges, used), (torch.rand(6), group_ids, 5, False, 0.0, None, 0)):
+    for args in ((torch.rand(6), group_ids, 5, True, 1e-6, ranges, used),
+                 (torch.rand(6), group_ids, 5, False, 0.0, None, 0)):
         torch.library.opcheck(OP.default, args)

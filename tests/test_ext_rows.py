@@ -227,7 +227,8 @@ def test_row_stride_and_untouched_neighbours():
         _ext_rows.ce_grad_(view, target, lse, torch.ones(5), z_loss=1e-3)
         _ext_rows.ce_grad_(dense, target, lse, torch.ones(5), z_loss=1e-3)
         assert torch.equal(view, dense)
-        assert torch.equal(wide[:, :5], logits._base[:, :5]) and torch.equal(wide[:, 5 + 1003:], logits._base[:, 5 + 1003:])
+        assert torch.equal(wide[:, :5], logits._base[:, :5])
+        assert torch.equal(wide[:, 5 + 1003:], logits._base[:, 5 + 1003:])
         grad_logp = torch.randn(5)
         _ext_rows.logprob_grad_(view, target, lse, None, grad_logp, None)
         _ext_rows.logprob_grad_(dense, target, lse, None, grad_logp, None)
@@ -281,7 +282,8 @@ def test_meta_shapes(dtype):
     for need_sum in (False, True):
         for need_entropy in (False, True):
             outs = OPS.row_stats(logits, target, 1.0, 0.0, need_sum, need_entropy)
-            assert [tuple(o.shape) for o in outs] == [(4,), (4,), (4,) if need_sum else (0,), (4,) if need_entropy else (0,)]
+            assert [tuple(o.shape) for o in outs] == [(4,), (4,), (4,) if need_sum else (0,),
+                                                      (4,) if need_entropy else (0,)]
             assert all(o.device.type == "meta" and o.dtype == torch.float32 for o in outs)
     assert OPS.ce_grad_(logits, target, vec, vec, 0.1, 0.0, 0.0) is None
     assert OPS.logprob_grad_(logits, target, vec, vec, vec, vec, 1.0) is None

@@ -7,8 +7,13 @@ import torch
 
 from error_budget import assert_within_budget
 from redone_fast._ext import has_cuda_kernels
-from redone_fast.ops import (group_advantages, linear_cross_entropy, linear_cross_entropy_ref, linear_logprobs,
-                             linear_logprobs_ref)
+from redone_fast.ops import (
+    group_advantages,
+    linear_cross_entropy,
+    linear_cross_entropy_ref,
+    linear_logprobs,
+    linear_logprobs_ref,
+)
 from test_group_advantages import direct_float64
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),

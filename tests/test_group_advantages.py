@@ -88,9 +88,11 @@ def test_matches_references(device_backend, num_samples, num_groups, scale_by_st
     assert torch.equal(out.keep.cpu(), keep)
 
     loop_seq, loop_keep, loop_tok = python_loop(rewards, group_ids, num_groups, scale_by_std, 1e-6, ranges, num_tokens)
-    torch.testing.assert_close(out.seq.cpu().double(), torch.tensor(loop_seq, dtype=torch.float64), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.seq.cpu().double(), torch.tensor(loop_seq, dtype=torch.float64),
+                               rtol=1e-5, atol=1e-5)
     assert out.keep.cpu().tolist() == loop_keep
-    torch.testing.assert_close(out.tok.cpu().double(), torch.tensor(loop_tok, dtype=torch.float64), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.tok.cpu().double(), torch.tensor(loop_tok, dtype=torch.float64),
+                               rtol=1e-5, atol=1e-5)
     assert out.seq.dtype == out.tok.dtype == out.mean.dtype == out.std.dtype == torch.float32
 
 
@@ -134,9 +136,12 @@ def test_large_batch(device_backend):
     (dict(rewards=torch.tensor([1.0, float("nan")])), r"rewards\[1\] = nan is not finite"),
     (dict(group_ids=torch.tensor([0, 2])), r"group_ids\[1\] = 2 is outside \[0, num_groups=2\)"),
     (dict(group_ids=torch.tensor([-1, 0])), r"group_ids\[0\] = -1"),
-    (dict(token_ranges=torch.tensor([[0, 3], [2, 5]])), r"token_ranges\[0\] = \[0, 3\) overlaps token_ranges\[1\] = \[2, 5\)"),
-    (dict(token_ranges=torch.tensor([[4, 6], [0, 5]])), r"token_ranges\[1\] = \[0, 5\) overlaps token_ranges\[0\] = \[4, 6\)"),
-    (dict(token_ranges=torch.tensor([[0, 3], [5, 11]])), r"token_ranges\[1\] = \[5, 11\) is not a range within \[0, num_tokens=10\)"),
+    (dict(token_ranges=torch.tensor([[0, 3], [2, 5]])),
+     r"token_ranges\[0\] = \[0, 3\) overlaps token_ranges\[1\] = \[2, 5\)"),
+    (dict(token_ranges=torch.tensor([[4, 6], [0, 5]])),
+     r"token_ranges\[1\] = \[0, 5\) overlaps token_ranges\[0\] = \[4, 6\)"),
+    (dict(token_ranges=torch.tensor([[0, 3], [5, 11]])),
+     r"token_ranges\[1\] = \[5, 11\) is not a range within \[0, num_tokens=10\)"),
     (dict(token_ranges=torch.tensor([[3, 1], [5, 6]])), r"token_ranges\[0\] = \[3, 1\)"),
     (dict(token_ranges=torch.tensor([[0, 3]])), r"token_ranges must be int64 \[N=2, 2\]"),
     (dict(num_tokens=None), "token_ranges and num_tokens go together"),

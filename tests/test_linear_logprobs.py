@@ -94,5 +94,6 @@ def test_probabilities_of_all_targets_sum_to_one(device_backend):
     device, backend = device_backend
     V = 37
     hidden, weight, _ = make_inputs(1, 8, V, torch.float32, device)
-    logp = linear_logprobs(hidden.expand(V, 8), weight, torch.arange(V, device=device), temperature=0.5, backend=backend)
+    logp = linear_logprobs(hidden.expand(V, 8), weight, torch.arange(V, device=device), temperature=0.5,
+                           backend=backend)
     assert abs(logp.double().exp().sum().item() - 1.0) < 1e-5

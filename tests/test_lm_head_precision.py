@@ -99,7 +99,7 @@ def test_the_cuda_route_wiring_with_fp32_output_gemms_stood_in_on_cpu(monkeypatc
     from error_budget import assert_within_budget
     from redone_fast.ops import _chunking
 
-    real_mm, real_addmm, calls = torch.mm, torch.addmm, []
+    real_mm, calls = torch.mm, []
 
     def mm(a, b, *, out_dtype=None, out=None):
         if out_dtype is None:
@@ -110,7 +110,8 @@ def test_the_cuda_route_wiring_with_fp32_output_gemms_stood_in_on_cpu(monkeypatc
         return product if out is None else out.copy_(product)
 
     def addmm(acc, a, b, *, out_dtype=None, out=None):
-        assert out_dtype == torch.float32 and a.dtype == b.dtype == torch.bfloat16 and out is acc
+        assert out_dtype == torch.float32 and a.dtype == b.dtype == torch.bfloat16
+        assert out is acc and acc.dtype == torch.float32  # the fp32 accumulator, written in place
         calls.append("addmm")
         return acc.add_(real_mm(a.float(), b.float()))
 

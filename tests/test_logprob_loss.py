@@ -5,7 +5,6 @@ import torch
 
 from error_budget import assert_within_budget
 from redone_fast.ops import linear_logprob_loss, linear_logprobs, linear_logprobs_ref
-
 from test_linear_logprobs import make_inputs
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch.distributed.tensor import DTensor
 
+from loop_helpers import tiny_micro_batches
 from redone_fast.data.packing import IGNORE_INDEX, PackedBatch
 from redone_fast.loop import OptimConfig, TokenCrossEntropy, build_optimizer, build_scheduler, train_step
 from redone_fast.loop.step import rank_micro_batches
@@ -13,7 +14,6 @@ from redone_fast.model import load_model, model_body_and_head, packed_hidden_sta
 from redone_fast.ops import linear_cross_entropy_ref
 from redone_fast.parallelize import ParallelConfig, build_model, clean_name
 from redone_fast.tiny import model_path
-from loop_helpers import tiny_micro_batches
 
 
 def _full(t):
@@ -51,7 +51,8 @@ def test_train_step_matches_direct_implementation(dist_ctx, fused):
     reference = load_model(model_path(), device="cpu").train()
     decay = [p for p in reference.parameters() if p.ndim >= 2]
     no_decay = [p for p in reference.parameters() if p.ndim < 2]
-    ref_optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+    ref_optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
+                                       {"params": no_decay, "weight_decay": 0.0}],
                                       lr=3e-2, eps=1.0, foreach=False)
     for step in range(3):
         micro_batches = tiny_micro_batches(start=12 * step)

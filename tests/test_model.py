@@ -11,8 +11,15 @@ transformers = pytest.importorskip("transformers")
 from redone_fast import model as M  # noqa: E402
 from redone_fast.attention import PACKED_SDPA  # noqa: E402
 from redone_fast.model import (  # noqa: E402
-    ModelFolderError, block_causal_mask, check_model_folder, default_attn_implementation, default_dtype,
-    load_model, load_tokenizer, model_body_and_head, packed_hidden_states,
+    ModelFolderError,
+    block_causal_mask,
+    check_model_folder,
+    default_attn_implementation,
+    default_dtype,
+    load_model,
+    load_tokenizer,
+    model_body_and_head,
+    packed_hidden_states,
 )
 from redone_fast.ops import linear_cross_entropy  # noqa: E402
 

@@ -7,7 +7,6 @@ transformers = pytest.importorskip("transformers")
 
 from redone_fast.attention import NO_MASK, PACKED_SDPA, packed_sdpa_attention, segment_buckets  # noqa: E402
 from redone_fast.model import load_model, model_body_and_head, packed_hidden_states  # noqa: E402
-
 from test_model import VOCAB, packed_batch, per_sample_hidden, tiny_config  # noqa: E402
 
 # Every bucket class from 1 to 64, several samples per class, unsorted.

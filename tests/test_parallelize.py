@@ -7,11 +7,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch.distributed.tensor import DTensor
 
+from loop_helpers import tiny_micro_batches
 from redone_fast.loop import TokenCrossEntropy
 from redone_fast.model import ModelFolderError, load_model, model_body_and_head, packed_hidden_states
 from redone_fast.parallelize import ParallelConfig, build_model, clean_name, decoder_blocks
 from redone_fast.tiny import model_path
-from loop_helpers import tiny_micro_batches
 
 
 def _full(t):

@@ -7,8 +7,14 @@ import pytest
 
 from redone_fast.data.schema import Sample, load_jsonl
 from redone_fast.pipeline.config import DiagnosisConfig, HardSubsetConfig, SoftLabelConfig
-from redone_fast.pipeline.diagnosis import (diagnose, hard_subset, raise_rationale_share,
-                                            split_by_domain, upweight_rare, write_capability_map)
+from redone_fast.pipeline.diagnosis import (
+    diagnose,
+    hard_subset,
+    raise_rationale_share,
+    split_by_domain,
+    upweight_rare,
+    write_capability_map,
+)
 from redone_fast.pipeline.scoring import first_per_task
 from redone_fast.pipeline.soft_labels import pick, reward_judge, soft_label
 
@@ -74,7 +80,8 @@ def test_empty_bucket_when_everything_passes(tmp_path):
     record = json.loads((tmp_path / "capability_map.json").read_text())
     assert record["tasks"]["note_taxonomy"]["bucket_samples"] == 0 and record["model"] == "m"
     assert (tmp_path / "failure_bucket.jsonl").read_text() == ""
-    assert "| note_taxonomy | sns | 90.0 | 0.93 | 3 | 0 | no | 0 | 0.00 |" in (tmp_path / "capability_map.md").read_text()
+    capability_map = (tmp_path / "capability_map.md").read_text()
+    assert "| note_taxonomy | sns | 90.0 | 0.93 | 3 | 0 | no | 0 | 0.00 |" in capability_map
 
 
 def test_capability_map_files_round_trip(tmp_path):
@@ -157,8 +164,8 @@ def test_soft_label_end_to_end_with_a_scripted_generator(monkeypatch):
 
     monkeypatch.setattr(soft, "generate_answers", fake_generate)
     labels = soft_label(None, samples, SoftLabelConfig(k=3))
-    assert [l.sample.answer for l in labels] == ["4", "9"]
-    assert [l.fallback for l in labels] == [False, True]
+    assert [label.sample.answer for label in labels] == ["4", "9"]
+    assert [label.fallback for label in labels] == [False, True]
     assert labels[0].to_json()["candidates"] == ["3", "4", "5"] and labels[0].to_json()["scores"] == [0.0, 1.0, 0.0]
     assert len(soft_label(None, samples, SoftLabelConfig(k=3, max_prompts=1))) == 1
 

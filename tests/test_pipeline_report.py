@@ -265,7 +265,10 @@ def test_failed_write_keeps_previous_report(tmp_path, monkeypatch):
 
 def test_headroom_table_per_stage(tmp_path):
     state = _state()
-    row = lambda p1, pk, sig: {"k": 8, "pass_at_1": p1, "pass_at_k": pk, "signal": sig, "greedy": 0, "entropy": 0}
+
+    def row(p1, pk, sig):
+        return {"k": 8, "pass_at_1": p1, "pass_at_k": pk, "signal": sig, "greedy": 0, "entropy": 0}
+
     state["headroom"] = {"stage1": {"note_taxonomy": row(60.0, 80.0, 30.0)},
                          "base": {"note_taxonomy": row(30.4, 90.0, 75.0), "arithmetic": row(99.0, 100.0, 2.0)}}
     write_report(tmp_path, state)

@@ -9,9 +9,19 @@ import pytest
 
 from redone_fast.data.schema import Sample, load_jsonl
 from redone_fast.pipeline import scoring
-from redone_fast.pipeline.scoring import (EvalConfig, ModelScores, domain_means, evaluate_samples, first_per_task,
-                                          generate_answers, generate_answers_flagged, open_engine, pass_rates,
-                                          score_answers, task_domain)
+from redone_fast.pipeline.scoring import (
+    EvalConfig,
+    ModelScores,
+    domain_means,
+    evaluate_samples,
+    first_per_task,
+    generate_answers,
+    generate_answers_flagged,
+    open_engine,
+    pass_rates,
+    score_answers,
+    task_domain,
+)
 from redone_fast.rollout.base import Rollout
 
 # Greedy scores of the bundled tiny model on the bundled eval split (mean reward x 100, each sample's own reward).

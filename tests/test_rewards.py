@@ -6,10 +6,8 @@ import pytest
 import sacrebleu
 from rouge_score import rouge_scorer
 
-from redone_fast.rewards import (bleu, chrf, exact_match, json_format, keywords, length, regex, rouge,
-                                 set_f1)
-from redone_fast.rewards.normalize import (after_marker, answer_text, canonical, normalize_answer,
-                                           split_items)
+from redone_fast.rewards import bleu, chrf, exact_match, json_format, keywords, length, regex, rouge, set_f1
+from redone_fast.rewards.normalize import after_marker, answer_text, canonical, normalize_answer, split_items
 from redone_fast.rewards.overlap import cjk_language, lcs_length, rouge_f1, rouge_tokens
 
 # ---------------------------------------------------------------------------------------------------

@@ -13,8 +13,16 @@ from rouge_score import rouge_scorer
 from redone_fast.data.reward_spec import check_reward_spec, missing_tokenizer_modules
 from redone_fast.rewards import bleu, chrf, length, rouge, set_f1
 from redone_fast.rewards.format_checks import word_count
-from redone_fast.rewards.overlap import (bleu_tokenizer, chrf_tokenizer, cjk_language, cjk_tokens, rouge_f1,
-                                         rouge_tokenizer, rouge_tokens, spaced_cjk)
+from redone_fast.rewards.overlap import (
+    bleu_tokenizer,
+    chrf_tokenizer,
+    cjk_language,
+    cjk_tokens,
+    rouge_f1,
+    rouge_tokenizer,
+    rouge_tokens,
+    spaced_cjk,
+)
 
 VARIANTS = ("rouge1", "rouge2", "rougeL")
 OVERLAP_REWARDS = {

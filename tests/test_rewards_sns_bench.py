@@ -9,8 +9,8 @@ import warnings
 
 import pytest
 
-from redone_fast.data.sns_bench import BUILDERS, SNS_BENCH_FILES, TASK_PREFIX, default_root, load_sns_bench
 from redone_fast.data.schema import Sample
+from redone_fast.data.sns_bench import BUILDERS, SNS_BENCH_FILES, TASK_PREFIX, default_root, load_sns_bench
 from redone_fast.rewards import sns_bench
 from redone_fast.rewards.sns_bench import anls, evaluate, score, word_cosine
 

@@ -2,8 +2,9 @@
 
 Pins: n rollouts per prompt in prompt order; finished/truncated flags against the stop token and
 max_new_tokens; no padding in responses; log-probs equal to a teacher-forced recomputation under
-log_softmax(logits / T) (before top-p) to 1e-5 (the reference in float64); seeds reproduce rollouts without touching the global RNG;
-near-zero temperature equals greedy decoding; load_weights from an FSDP2-sharded trainer model.
+log_softmax(logits / T) (before top-p) to 1e-5 (the reference in float64); seeds reproduce rollouts
+without touching the global RNG; near-zero temperature equals greedy decoding; load_weights from an
+FSDP2-sharded trainer model.
 """
 import math
 
@@ -377,7 +378,8 @@ def test_shared_prompt_prefill_equals_prefilling_every_copy(engine, prompts, mon
     monkeypatch.setattr(HFEngine, "_shared_prefix_cache", lambda self, *a: calls.append(1) or shared_prefix(self, *a))
     shared = engine.generate(mixed, sampling)
     assert calls, "the shared prefill was not used"
-    monkeypatch.setattr(HFEngine, "_shared_prefix_cache", lambda self, *a: None)  # no cache: generate prefills each copy
+    # No cache: generate prefills each copy.
+    monkeypatch.setattr(HFEngine, "_shared_prefix_cache", lambda self, *a: None)
     separate = engine.generate(mixed, sampling)
     for group_a, group_b in zip(shared, separate):
         for a, b in zip(group_a, group_b):

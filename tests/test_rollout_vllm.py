@@ -13,8 +13,7 @@ import pytest
 import torch
 from torch.distributed.tensor import DTensor
 
-from redone_fast.rollout import SamplingParams, drain, iter_full_parameters, iter_weight_buckets
-from redone_fast.rollout import vllm_engine
+from redone_fast.rollout import SamplingParams, drain, iter_full_parameters, iter_weight_buckets, vllm_engine
 from redone_fast.tiny import model_path
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
@@ -149,12 +148,13 @@ def vllm_mod():
 
 @pytest.fixture(scope="module")
 def engine(vllm_mod, dist_ctx):
-    from redone_fast.rollout import VLLMEngine
     # CPU build: gpu_memory_utilization is the share of host memory reserved; an explicit KV-cache size
     # skips the memory profiling.
     from redone_fast.model import load_tokenizer
-    engine = VLLMEngine(model_path(), load_tokenizer(model_path()), dtype=ENGINE_DTYPE, gpu_memory_utilization=0.3 if ON_CUDA else 0.05,
-                        max_model_len=512, enforce_eager=True, kv_cache_memory_bytes=256 << 20)
+    from redone_fast.rollout import VLLMEngine
+    engine = VLLMEngine(model_path(), load_tokenizer(model_path()), dtype=ENGINE_DTYPE,
+                        gpu_memory_utilization=0.3 if ON_CUDA else 0.05, max_model_len=512, enforce_eager=True,
+                        kv_cache_memory_bytes=256 << 20)
     yield engine
     # vLLM made its own process groups inside the session's default group (dist_ctx): release them now, so
     # that neither a later module nor vLLM's exit-time shutdown trips over them (release_vllm_process_groups).

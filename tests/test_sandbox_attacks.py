@@ -345,7 +345,8 @@ attack("write-inside-is-allowed", """
 attack("mknod-regular-inside", "attempt('mknod', lambda: os.mknod('node'))")
 attack("mknod-regular-outside", "attempt('mknod', lambda: os.mknod('/etc/@TOKEN@'))\n"
                                 "attempt('mknod2', lambda: os.mknod('@SENTINEL@/@TOKEN@'))")
-attack("mknod-device", "import stat\nattempt('mknod-chr', lambda: os.mknod('mem', stat.S_IFCHR | 0o666, os.makedev(1, 1)))")
+attack("mknod-device", "import stat\n"
+                       "attempt('mknod-chr', lambda: os.mknod('mem', stat.S_IFCHR | 0o666, os.makedev(1, 1)))")
 attack("mkfifo-inside", "attempt('mkfifo', lambda: os.mkfifo('fifo'))")
 attack("mkfifo-report", """
     # the issue's hang: a FIFO where the trainer will write its report
@@ -367,8 +368,10 @@ attack("mknod-via-reload", """
 """)
 attack("mknod-via-fresh-posix", """
     import importlib.util, _imp
-    attempt('module_from_spec', lambda: importlib.util.module_from_spec(importlib.util.find_spec('posix')).mknod('@SENTINEL@/@TOKEN@'))
-    attempt('create_builtin', lambda: _imp.create_builtin(importlib.util.find_spec('posix')).mknod('@SENTINEL@/@TOKEN@'))
+    attempt('module_from_spec',
+            lambda: importlib.util.module_from_spec(importlib.util.find_spec('posix')).mknod('@SENTINEL@/@TOKEN@'))
+    attempt('create_builtin',
+            lambda: _imp.create_builtin(importlib.util.find_spec('posix')).mknod('@SENTINEL@/@TOKEN@'))
 """)
 attack("socket-file", """
     import socket
@@ -382,9 +385,11 @@ attack("chroot", "attempt('chroot', lambda: os.chroot('.'))\nattempt('unshare', 
 
 # --- links ----------------------------------------------------------------------------------------
 attack("symlink-etc", "attempt('symlink', lambda: os.symlink('/etc/passwd', 'p') or open('p').read())")
-attack("symlink-sentinel-write", "attempt('symlink', lambda: os.symlink('@SENTINEL@/victim.txt', 'v') or open('v', 'w').write('pwned'))")
+attack("symlink-sentinel-write",
+       "attempt('symlink', lambda: os.symlink('@SENTINEL@/victim.txt', 'v') or open('v', 'w').write('pwned'))")
 attack("symlink-pathlib", "import pathlib\nattempt('symlink_to', lambda: pathlib.Path('l').symlink_to('@SENTINEL@'))")
-attack("hardlink-sentinel", "attempt('link', lambda: os.link('@SENTINEL@/victim.txt', 'h') or open('h', 'w').write('pwned'))")
+attack("hardlink-sentinel",
+       "attempt('link', lambda: os.link('@SENTINEL@/victim.txt', 'h') or open('h', 'w').write('pwned'))")
 attack("hardlink-passwd", "attempt('link', lambda: os.link('/etc/passwd', 'pw') or open('pw').read())")
 attack("symlink-outside-planted", "attempt('symlink', lambda: os.symlink('/', '@SENTINEL@/@TOKEN@'))")
 
@@ -523,7 +528,8 @@ attack("subprocess", """
     attempt('check_output', lambda: subprocess.check_output('id', shell=True))
 """, weak=False)
 attack("exec-sh", "attempt('execv', lambda: os.execv('/bin/sh', ['sh', '-c', 'echo x > /tmp/@TOKEN@']))", weak=False)
-attack("exec-python", "attempt('execv', lambda: os.execv(sys.executable, [sys.executable, '-c', 'print(\"ESCAPED exec\")']))",
+attack("exec-python",
+       "attempt('execv', lambda: os.execv(sys.executable, [sys.executable, '-c', 'print(\"ESCAPED exec\")']))",
        weak=False)
 attack("posix-spawn", "attempt('spawn', lambda: os.posix_spawn('/bin/sh', ['sh'], {}))\n"
                       "attempt('spawnv', lambda: os.spawnv(os.P_WAIT, '/bin/sh', ['sh']))", weak=False)
@@ -547,8 +553,8 @@ attack("process-pool", """
             return list(ex.map(abs, [1, 2]))
     attempt('pool', go)
 """, weak=False)
-attack("pty", "import pty\nattempt('pty.spawn', lambda: pty.spawn('/bin/sh'))\nattempt('forkpty', lambda: os.forkpty())",
-       weak=False)
+attack("pty", "import pty\nattempt('pty.spawn', lambda: pty.spawn('/bin/sh'))\n"
+              "attempt('forkpty', lambda: os.forkpty())", weak=False)
 attack("thread-bomb", """
     import threading, time
     threading.stack_size(32768)
@@ -746,7 +752,8 @@ attack("str-methods-tamper", """
         def __eq__(self, o): return True
         def __hash__(self): return 0
     attempt('subclass path', lambda: open(S('/etc/passwd')).read())
-    attempt('bytes subclass', lambda: open(type('B', (bytes,), {'decode': lambda *a: 'main.py'})(b'/etc/passwd')).read())
+    attempt('bytes subclass',
+            lambda: open(type('B', (bytes,), {'decode': lambda *a: 'main.py'})(b'/etc/passwd')).read())
 """)
 attack("ctypes", "attempt('ctypes', lambda: __import__('ctypes'))\nattempt('_ctypes', lambda: __import__('_ctypes'))")
 attack("ctypes-by-path", """
@@ -781,7 +788,8 @@ attack("code-object-forge", """
     import types
     c = compile('x = 1', 'f', 'exec')
     attempt('replace', lambda: c.replace(co_code=b'\\x00' * len(c.co_code)))
-    attempt('CodeType', lambda: types.CodeType(0, 0, 0, 0, 0, 0, b'\\x64\\xff', (), (), (), 'f', 'f', 'f', 1, b'', b'', (), ()))
+    attempt('CodeType', lambda: types.CodeType(0, 0, 0, 0, 0, 0, b'\\x64\\xff', (), (), (), 'f', 'f', 'f', 1,
+                                               b'', b'', (), ()))
 """)
 FORGED_PYC = """
     import importlib.abc, importlib.util, importlib.machinery, marshal
@@ -923,7 +931,8 @@ attack("devices", """
         attempt(p, lambda: open(p, 'rb', buffering=0).read(1))
 """)
 attack("proc-sys-write", """
-    for p in ('/proc/sys/kernel/hostname', '/proc/sys/vm/drop_caches', '/proc/sysrq-trigger', '/proc/sys/kernel/core_pattern'):
+    for p in ('/proc/sys/kernel/hostname', '/proc/sys/vm/drop_caches', '/proc/sysrq-trigger',
+              '/proc/sys/kernel/core_pattern'):
         attempt(p, lambda: open(p, 'w').write('1'))
 """)
 
@@ -939,7 +948,8 @@ def _render(a: Attack, world: World) -> str:
 
 
 def _assert_no_escape(a: Attack, result, elapsed: float, world: World, before: dict, limits: SandboxLimits) -> None:
-    where = f"{a.name} ({result.isolation}): reason={result.reason} rc={result.returncode}\n{result.stdout}\n{result.stderr}"
+    where = (f"{a.name} ({result.isolation}): reason={result.reason} rc={result.returncode}\n"
+             f"{result.stdout}\n{result.stderr}")
     assert elapsed < limits.wall_s + MARGIN, where  # the wall clock held
     assert result.reason != "sandbox_error", where  # the sandbox itself worked
     if a.reasons is not None:
@@ -1044,10 +1054,12 @@ RAW_ATTACKS: dict[str, str] = {
     "raw-clone-newuser": "sys_('clone', %d, 0x10000000 | 17, 0, 0, 0, 0)" % sandbox._CLONE.get(os.uname().machine, -1),
     "raw-io-uring": "sys_('io_uring_setup', %d, 4, ctypes.create_string_buffer(120))" % NR.get("io_uring_setup", -1),
     "raw-kill-all": "attempt('kill -1', lambda: os.kill(-1, 9))\n"
-                    "attempt('kill parent', lambda: os.kill(@PARENT@, 0))\nattempt('kill canary', lambda: os.kill(@CANARY_ROOT@, 0))",
+                    "attempt('kill parent', lambda: os.kill(@PARENT@, 0))\n"
+                    "attempt('kill canary', lambda: os.kill(@CANARY_ROOT@, 0))",
     "raw-write-anywhere": """
         hits = []
-        for d in ('/', '/tmp', '/etc', '/dev', '/dev/shm', '/proc', '/run', '/root', '/usr/lib', '@PREFIX@', '@SENTINEL@', '@REPO@'):
+        for d in ('/', '/tmp', '/etc', '/dev', '/dev/shm', '/proc', '/run', '/root', '/usr/lib', '@PREFIX@',
+                  '@SENTINEL@', '@REPO@'):
             try:
                 with open(os.path.join(d, '@TOKEN@'), 'w') as f:
                     f.write('x')
@@ -1083,7 +1095,8 @@ RAW_ATTACKS: dict[str, str] = {
     """,
     "raw-secrets": """
         import glob
-        leaks = [p for p in ('/etc/shadow', '/etc/passwd', '@SENTINEL@/secret.txt', '@REPO@/README.md', '/tmp/.X11-unix')
+        leaks = [p for p in ('/etc/shadow', '/etc/passwd', '@SENTINEL@/secret.txt', '@REPO@/README.md',
+                             '/tmp/.X11-unix')
                  if os.path.exists(p)]
         env = b''.join(open(p, 'rb').read() for p in glob.glob('/proc/[0-9]*/environ') if os.access(p, os.R_OK))
         print('ESCAPED ' + repr(leaks) if leaks or b'@SECRET_VAR@' in env else 'no secrets', sorted(os.listdir('/')))

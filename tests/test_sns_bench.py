@@ -13,8 +13,16 @@ import pytest
 from redone_fast.data import sns_bench
 from redone_fast.data.reward_spec import REWARD_PARAMS, check_reward_spec
 from redone_fast.data.schema import DataError, parse_sample
-from redone_fast.data.sns_bench import (ENV_VAR, SNS_BENCH_FILES, SNS_BENCH_TOTAL, default_root,
-                                        load_sns_bench, parse_candidates, parse_list_literal, summary)
+from redone_fast.data.sns_bench import (
+    ENV_VAR,
+    SNS_BENCH_FILES,
+    SNS_BENCH_TOTAL,
+    default_root,
+    load_sns_bench,
+    parse_candidates,
+    parse_list_literal,
+    summary,
+)
 from redone_fast.data.tasks import TASKS
 
 CANDIDATE_FILES = ("Note-Taxonomy-single", "Note-Taxonomy-multiple", "Note-Hashtag-single", "Note-Hashtag-multiple",
@@ -174,7 +182,8 @@ def _write(folder, stem, items):
     return path
 
 
-FAKE_CHLW = {"content": "Comment: \nWe tried the moon cake at Blue Harbour Bakery\n\nPossible highlighted word options list:\n"
+FAKE_CHLW = {"content": "Comment: \nWe tried the moon cake at Blue Harbour Bakery\n\n"
+                        "Possible highlighted word options list:\n"
                         "['Blue Harbour Bakery', 'moon cake']\n\nPlease give the list. Your output is:",
              "answer": "['Blue Harbour Bakery']"}
 
@@ -211,7 +220,8 @@ def test_missing_file_is_named(tmp_path):
 @pytest.mark.parametrize("stem,items,message", [
     ("Note-Gender", [{"content": "fine", "answer": "Yes"}, {"content": 3, "answer": "No"}],
      r"Note-Gender\.json: item 1: field 'content' must be a string, got int"),
-    ("Note-Gender", [{"content": "fine", "answer": "Maybe"}], r"Note-Gender\.json: item 0: answer 'Maybe' is not one of"),
+    ("Note-Gender", [{"content": "fine", "answer": "Maybe"}],
+     r"Note-Gender\.json: item 0: answer 'Maybe' is not one of"),
     ("Note-NER", [{"content": "made-up text"}], r"Note-NER\.json: item 0: missing field 'question'"),
     ("Note-Hashtag-single", [{"content": "x", "candidates": "['a', b]", "answer": "a"}],
      r"Note-Hashtag-single\.json: item 0: field 'candidates' is not a candidate list"),
@@ -224,7 +234,8 @@ def test_missing_file_is_named(tmp_path):
      r"item 0: answer has no <Result>"),
     ("Note-MRC-complex", [{"content": "c", "answer": "<Result>[{\"Option\": \"x\"}]</Result>"}],
      r"item 0: the answer's <Result> is not a list of"),
-    ("Note-CHLW", [{"content": "Comment: no options here", "answer": "[]"}], r"item 0: field 'content' has no highlight"),
+    ("Note-CHLW", [{"content": "Comment: no options here", "answer": "[]"}],
+     r"item 0: field 'content' has no highlight"),
     ("Note-QueryGen", ["just a string"], r"Note-QueryGen\.json: item 0: expected a JSON object, got str"),
     ("Note-QueryGen", {"content": "x"}, r"Note-QueryGen\.json: expected a JSON list of items, got dict"),
     ("Note-QueryGen", "[{\"content\": ", r"Note-QueryGen\.json: not valid JSON"),

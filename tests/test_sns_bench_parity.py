@@ -619,10 +619,10 @@ def noisy_result(rng, answer, pool):
     body = block[len("<Result>"):-len("</Result>")]
     forms = [answer, block, block, f"<rewrite_query>q</rewrite_query>\n{block}", "<Result>[]</Result>",
              f"<Result>```json\n{body}\n```</Result>", f"<Result>json{body}</Result>", body, "",
-             f"<Result>{body[:-1]}</Result>", f"<Result>[{{\"Option\": \"x\"}}]</Result>",
+             f"<Result>{body[:-1]}</Result>", "<Result>[{\"Option\": \"x\"}]</Result>",
              f"<Result>[]</Result> then {block}", f"<Result></Result> {block}", block.lower(),
              result_block([o.upper() for o in chosen]), result_block(chosen + chosen[:1]),
-             f"<Result>[{{\"Option\": 1, \"Reason\": \"r\"}}]</Result>", result_block([f"{o}:" for o in chosen])]
+             "<Result>[{\"Option\": 1, \"Reason\": \"r\"}]</Result>", result_block([f"{o}:" for o in chosen])]
     return rng.choice(forms)
 
 

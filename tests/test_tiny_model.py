@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from redone_fast.data.corpus import SNS_TASKS
-from redone_fast.data.formatting import encode_prompt, encode_sample
+from redone_fast.data.formatting import encode_sample
 from redone_fast.data.schema import load_jsonl
 from redone_fast.tiny import data_path, model_path
 from redone_fast.tiny.evaluate import evaluate, exact_match, greedy_answers, normalize, set_f1

@@ -12,8 +12,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from redone_fast.kernels import group_advantages as ga_kernels
-from redone_fast.kernels import launch
-from redone_fast.kernels import lm_head_rows
+from redone_fast.kernels import launch, lm_head_rows
 
 CURRENT = {"device": torch.device("cuda", 0)}
 

@@ -1,4 +1,4 @@
-"""Packing: encoded samples into token-budget micro-batches with no padding (DESIGN section 4).
+"""Packing: encoded samples into token-budget micro-batches with no padding (docs/design.md, "Model and packing").
 
 A micro-batch concatenates whole samples up to `token_budget` tokens: `input_ids [T]`,
 `position_ids [T]` restarting at 0 per sample, `cu_seqlens [B + 1]` (int32, the samples' boundaries,
@@ -87,7 +87,8 @@ def _fit(sample: EncodedSample, max_length: int, overlong: str) -> EncodedSample
         return sample
     if overlong == "drop":
         return None
-    cut = EncodedSample(sample.input_ids[:max_length], sample.loss_mask[:max_length], sample.prompt_length, truncated=True)
+    cut = EncodedSample(sample.input_ids[:max_length], sample.loss_mask[:max_length], sample.prompt_length,
+                        truncated=True)
     # A target token needs a previous position to be predicted from: at least one after position 0.
     return cut if any(cut.loss_mask[1:]) else None
 

@@ -1,4 +1,4 @@
-"""The reward functions a sample may name, and the parameters each accepts (DESIGN section 1: one reward
+"""The reward functions a sample may name, and the parameters each accepts (docs/method.md, "Rewards": one reward
 per sample, chosen by its task type; no reward model).
 
 This is the data layer's view: enough to reject an unknown reward or a bad parameter when a file is
@@ -157,7 +157,8 @@ def check_reward_spec(spec: Any) -> str | None:
             return f"reward {name!r} has no parameter {key!r} (allowed: {', '.join(sorted(allowed)) or 'none'})"
         types, _ = allowed[key]
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-            return f"reward {name!r} parameter {key!r} must be {' or '.join(t.__name__ for t in types)}, got {type(value).__name__}"
+            expected = " or ".join(t.__name__ for t in types)
+            return f"reward {name!r} parameter {key!r} must be {expected}, got {type(value).__name__}"
         check = PARAM_CHECKS.get((name, key))
         problem = check(value) if check else None
         if problem:

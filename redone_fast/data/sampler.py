@@ -1,5 +1,5 @@
 """Task-balanced sampling with general data mixed in (RedOne 2.0 stage 1: "balanced sampling keeps
-long-tail tasks visible", SNS and general data "randomly mixed"; DESIGN section 1).
+long-tail tasks visible", SNS and general data "randomly mixed"; docs/method.md, "The three stages").
 
 Each draw first picks the pool: general with probability `general_ratio`, else SNS. Within a pool a
 task is picked with temperature-scaled weights, p_task ~ n_task ** (1 / temperature): temperature 1

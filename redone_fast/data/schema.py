@@ -1,4 +1,4 @@
-"""The sample schema (DESIGN section 6) and its JSONL loader.
+"""The sample schema (docs/design.md, "Data") and its JSONL loader.
 
 One JSON object per line:
     task       str, a key of redone_fast.data.tasks.TASKS (unless the loader is told to accept any)
@@ -95,7 +95,10 @@ def parse_sample(record: Any, *, known_tasks: Mapping | None = TASKS) -> Sample:
     if problem:
         raise DataError(problem)
     reward = record["reward"]
-    reward = {"name": reward, "params": {}} if isinstance(reward, str) else {"name": reward["name"], "params": dict(reward.get("params", {}))}
+    if isinstance(reward, str):
+        reward = {"name": reward, "params": {}}
+    else:
+        reward = {"name": reward["name"], "params": dict(reward.get("params", {}))}
     for name in ("rationale", "split", "id"):
         if record.get(name) is not None and not isinstance(record[name], str):
             raise DataError(f"field {name!r} must be a string, got {_type_name(record[name])}")

@@ -1,8 +1,8 @@
 """SNS-Bench reader: the real benchmark's twelve JSON files become evaluation Samples.
 
-SNS-Bench (DESIGN section 6; ../shared/sns-bench/SOURCE.md) is a folder of twelve JSON files, each a
-list of items whose fields differ by file. The data is never copied into this repository: it is read
-from a folder, `REDONE_SNS_BENCH` or `../shared/sns-bench` beside the repository root.
+SNS-Bench (docs/design.md, "Data"; published at github.com/HC-Guo/SNS-Bench) is a folder of twelve JSON
+files, each a list of items whose fields differ by file. The data is never copied into this repository:
+it is read from a folder, `REDONE_SNS_BENCH` or `../shared/sns-bench` beside the repository root.
 
 Every item becomes one Sample of task `sns_bench/<file stem>`, split "eval", id "<stem>/<index>":
 

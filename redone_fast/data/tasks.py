@@ -1,5 +1,5 @@
 """The task registry: every task a sample may carry, whether it is in-domain (SNS) or general, and the
-reward it is scored with by default. A plain dict literal (DESIGN section 8: no registries where a dict
+reward it is scored with by default. A plain dict literal (docs/design.md, "Conventions": no registries where a dict
 does). Loaders reject tasks not listed here unless told otherwise.
 """
 from __future__ import annotations
@@ -16,13 +16,17 @@ class Task:
 
 TASKS: dict[str, Task] = {
     # The bundled corpus (redone_fast/data/corpus.py): SNS-style tasks
-    "note_taxonomy": Task("sns", {"name": "exact_match", "params": {"single": True}}, "pick a note's category from candidates"),
-    "hashtag_choice": Task("sns", {"name": "exact_match", "params": {"single": True}}, "pick the hashtag that fits a note"),
-    "query_relevance": Task("sns", {"name": "exact_match", "params": {"single": True}}, "rate query-note relevance 0-3"),
+    "note_taxonomy": Task("sns", {"name": "exact_match", "params": {"single": True}},
+                          "pick a note's category from candidates"),
+    "hashtag_choice": Task("sns", {"name": "exact_match", "params": {"single": True}},
+                           "pick the hashtag that fits a note"),
+    "query_relevance": Task("sns", {"name": "exact_match", "params": {"single": True}},
+                            "rate query-note relevance 0-3"),
     "entity_extraction": Task("sns", {"name": "set_f1"}, "list the entities of a type in a note"),
     "slang_translation": Task("sns", {"name": "chrf"}, "translate slang and emoji into plain words"),
     # ... held out of training, for out-of-domain checks
-    "comment_sentiment": Task("sns", {"name": "exact_match", "params": {"single": True}}, "held-out: a comment's sentiment"),
+    "comment_sentiment": Task("sns", {"name": "exact_match", "params": {"single": True}},
+                              "held-out: a comment's sentiment"),
     # The bundled corpus: general tasks (forgetting is measured on these)
     "arithmetic": Task("general", {"name": "exact_match"}, "small sums and products"),
     "copying": Task("general", {"name": "exact_match"}, "repeat a string exactly"),

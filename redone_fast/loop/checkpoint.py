@@ -18,7 +18,8 @@ a dict of named tensors, or that DCP cannot read is reported with its path and s
 good one. The small files are read before the model is touched, and every rank takes the same decision
 (a rank's own `rank_<r>.pt` can be bad alone: the ranks' verdicts are gathered), because what follows is
 collective. Complete checkpoints none of which is usable are a CheckpointError naming the newest (or the
-one whose failed read may have overwritten part of the model) and its fault, not a silent restart from the initial weights (a fresh run would keep the broken folders, which sort
+one whose failed read may have overwritten part of the model) and its fault, not a silent restart from the initial
+weights (a fresh run would keep the broken folders, which sort
 after its own); only partial checkpoints (a first save that was killed) give None.
 
 Security: a tampered checkpoint must not run code. DCP unpickles two things without restriction: the
@@ -42,8 +43,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint._traverse import set_element
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.metadata import StorageMeta
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict

@@ -1,6 +1,6 @@
 """The loop's two inner steps: `forward_backward` over a rank's micro-batches, and `train_step`.
 
-Loss normalisation (DESIGN section 4): the loss of a step is the sum over every token of the global
+Loss normalisation (docs/design.md, "Steps"): the loss of a step is the sum over every token of the global
 batch divided by the global number of loss tokens, counted on the device and summed over ranks before
 the first forward. Each micro-batch's backward therefore sees `loss_sum * world_size / global_count`: the
 `world_size` undoes FSDP2's averaging of gradients over ranks, so one process and N processes compute the

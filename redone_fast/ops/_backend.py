@@ -51,10 +51,16 @@ def resolve_backend(requested: str | None, device: torch.device) -> str:
             f"{source}='triton' on a {device.type} tensor needs TRITON_INTERPRET=1 set before triton is imported"
         )
     if name == "cpp" and (device.type != "cpu" or not has_extension()):
-        why = "the extension redone_fast._C is not built" if device.type == "cpu" else f"it runs on CPU tensors, got {device.type}"
+        if device.type == "cpu":
+            why = "the extension redone_fast._C is not built"
+        else:
+            why = f"it runs on CPU tensors, got {device.type}"
         raise ValueError(f"{source}='cpp' is unavailable: {why}")
     if name == "cuda" and (device.type != "cuda" or not has_cuda_kernels()):
-        why = f"it runs on CUDA tensors, got {device.type}" if device.type != "cuda" else "redone_fast._C has no CUDA kernels (built without CUDA)"
+        if device.type != "cuda":
+            why = f"it runs on CUDA tensors, got {device.type}"
+        else:
+            why = "redone_fast._C has no CUDA kernels (built without CUDA)"
         raise ValueError(f"{source}='cuda' is unavailable: {why}")
     return name
 

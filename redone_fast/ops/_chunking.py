@@ -4,7 +4,7 @@ Tokens are cut into chunks sized from a byte budget. Per chunk the two GEMMs run
 (torch.mm: cuBLAS on GPU) into an fp32 logits chunk whatever the input dtype (`LMHead`), and a row
 kernel turns it into statistics and, in place, into the gradient of the logits. Gradients are then
 `dlogits @ W` (rows of grad_hidden, exact per chunk) and `dlogits^T @ h` (summed over chunks into an
-fp32 accumulator, DESIGN section 3).
+fp32 accumulator; docs/design.md, "Invariants").
 """
 from __future__ import annotations
 

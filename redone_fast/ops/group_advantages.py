@@ -56,7 +56,8 @@ def group_advantages_ref(
         starts, ends = token_ranges[:, 0], token_ranges[:, 1]
         lengths = ends - starts
         owner = torch.repeat_interleave(torch.arange(len(seq), device=r.device), lengths)  # [tokens in ranges]
-        offset = torch.arange(len(owner), device=r.device) - torch.repeat_interleave(lengths.cumsum(0) - lengths, lengths)
+        owner_start = torch.repeat_interleave(lengths.cumsum(0) - lengths, lengths)  # where its owner's run begins
+        offset = torch.arange(len(owner), device=r.device) - owner_start
         tok[starts[owner] + offset] = seq[owner]
     return GroupAdvantages(seq, tok, mean.float(), std.float(), keep)
 
@@ -68,7 +69,9 @@ def _check_static(rewards, group_ids, num_groups, token_ranges, num_tokens):
     if rewards.dim() != 1 or not rewards.is_floating_point():
         raise ValueError(f"rewards must be a 1-D float tensor, got shape {tuple(rewards.shape)} {rewards.dtype}")
     if group_ids.shape != rewards.shape or group_ids.dtype != torch.int64:
-        raise ValueError(f"group_ids must be int64 [N={rewards.shape[0]}], got {tuple(group_ids.shape)} {group_ids.dtype}")
+        raise ValueError(
+            f"group_ids must be int64 [N={rewards.shape[0]}], got {tuple(group_ids.shape)} {group_ids.dtype}"
+        )
     if num_groups < 1:
         raise ValueError(f"num_groups must be >= 1, got {num_groups}")
     if group_ids.device != rewards.device:
@@ -77,7 +80,8 @@ def _check_static(rewards, group_ids, num_groups, token_ranges, num_tokens):
         raise ValueError("token_ranges and num_tokens go together: give both or neither")
     if token_ranges is not None:
         if token_ranges.shape != (rewards.shape[0], 2) or token_ranges.dtype != torch.int64:
-            raise ValueError(f"token_ranges must be int64 [N={rewards.shape[0]}, 2], got {tuple(token_ranges.shape)} {token_ranges.dtype}")
+            raise ValueError(f"token_ranges must be int64 [N={rewards.shape[0]}, 2], "
+                             f"got {tuple(token_ranges.shape)} {token_ranges.dtype}")
         if token_ranges.device != rewards.device:
             raise ValueError(f"token_ranges is on {token_ranges.device}, rewards on {rewards.device}")
         if num_tokens < 0:
@@ -111,7 +115,8 @@ def validate_group_advantages_inputs(rewards, group_ids, num_groups, token_range
         k = int(overlap.nonzero()[0, 0])
         a, b = int(order[k]), int(order[k + 1])
         raise ValueError(
-            f"token_ranges[{a}] = [{int(starts[a])}, {int(ends[a])}) overlaps token_ranges[{b}] = [{int(starts[b])}, {int(ends[b])})"
+            f"token_ranges[{a}] = [{int(starts[a])}, {int(ends[a])}) "
+            f"overlaps token_ranges[{b}] = [{int(starts[b])}, {int(ends[b])})"
         )
 
 

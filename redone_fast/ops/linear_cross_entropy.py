@@ -12,8 +12,9 @@ Two custom ops carry the two gradient strategies:
     backward only multiplies by the scalar upstream gradient. Correct because the output is a scalar.
   * per token ("none"): the upstream gradient differs per token and is unknown in the forward, so the
     forward keeps only lse [T] and the backward recomputes each logits chunk and applies the per-token
-    upstream gradient to it (four GEMMs). Peer libraries that reuse a forward-computed gradient here
-    silently scale every token's gradient by the first token's upstream gradient.
+    upstream gradient to it (four GEMMs). Reusing a forward-computed gradient here would silently scale
+    every token's gradient by the first token's upstream gradient, a bug fused-linear implementations
+    elsewhere once had (history: docs/notes.md, "Per-token gradients in fused linear cross-entropy").
 """
 from __future__ import annotations
 
@@ -128,7 +129,8 @@ def _reduced_op(
 
 
 @_reduced_op.register_fake
-def _(hidden, weight, target, ignore_index, label_smoothing, z_loss, softcap, mean, grad_hidden, grad_weight, backend, chunk_bytes):
+def _(hidden, weight, target, ignore_index, label_smoothing, z_loss, softcap, mean, grad_hidden, grad_weight, backend,
+      chunk_bytes):
     loss = hidden.new_empty((), dtype=torch.float32)
     return (loss, torch.empty_like(hidden) if grad_hidden else hidden.new_empty(0),
             torch.empty_like(weight) if grad_weight else weight.new_empty(0))

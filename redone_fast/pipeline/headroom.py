@@ -53,7 +53,8 @@ class TaskHeadroom:
 
 
 def answer_entropy(answers: Sequence[str]) -> float:
-    """Entropy (nats) of the empirical distribution of the answers (after the last "Answer:", first line, case-folded)."""
+    """Entropy (nats) of the empirical distribution of the answers (after the last "Answer:", first line,
+    case-folded)."""
     counts = Counter(canonical(normalize_answer(a)) for a in answers)
     total = sum(counts.values())
     return -sum(c / total * math.log(c / total) for c in counts.values()) if total else 0.0
@@ -90,7 +91,10 @@ def measure_headroom(engine, samples: Sequence[Sample], *, k: int = 8, temperatu
         row["pass_at_k"].append(float(any(right)))
         row["signal"].append(float(len(set(rewards)) > 1))
         row["entropy"].append(answer_entropy(texts))
-    mean = lambda values: sum(values) / len(values)
+
+    def mean(values):
+        return sum(values) / len(values)
+
     return {task: TaskHeadroom(task=task, domain=task_domain(task), prompts=len(row["greedy"]), k=k,
                                greedy=100 * mean(row["greedy"]), pass_at_1=100 * mean(row["pass_at_1"]),
                                pass_at_k=100 * mean(row["pass_at_k"]), signal=100 * mean(row["signal"]),

@@ -404,7 +404,8 @@ def headroom_section(headroom: dict[str, dict], domains: dict[str, str]) -> str:
         for key in keys:
             row = headroom[key].get(name)
             cells.append(MISSING if not isinstance(row, dict) else
-                         f"{_fmt(row.get('pass_at_1'), 0)} / {_fmt(row.get('pass_at_k'), 0)} / {_fmt(row.get('signal'), 0)}")
+                         f"{_fmt(row.get('pass_at_1'), 0)} / {_fmt(row.get('pass_at_k'), 0)} / "
+                         f"{_fmt(row.get('signal'), 0)}")
         lines.append(_table_row([name, domains.get(name, "?"), *cells]))
     return (f"## Sampling headroom (temperature 1, k = {k})\n\nEach cell: pass@1 / pass@{k} / share of prompts whose "
             f"{k} answers differ in reward (the groups RL learns from), in %, on the eval split. pass@{k} far above "

@@ -8,7 +8,8 @@ Judges (`SoftLabelConfig.judge`), each `judge(sample, candidates) -> list[float]
 - `model:<folder>`: a local causal LM's mean log-probability of each candidate given the prompt (a judge
   model without a reference; any callable with the same signature can be passed to `soft_label`).
 
-Ties go to the earliest candidate; empty answers are never picked. With the reward judge, a winner scoring under `min_judge_reward` is not
+Ties go to the earliest candidate; empty answers are never picked. With the reward judge, a winner scoring under
+`min_judge_reward` is not
 trusted: the sample keeps its reference target (counted as `fallback`), since every candidate was wrong.
 """
 from __future__ import annotations

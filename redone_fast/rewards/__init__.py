@@ -1,4 +1,4 @@
-"""Rewards for RL (DESIGN section 1): one function per sample, chosen by its task type; no reward model.
+"""Rewards for RL (docs/method.md, "Rewards"): one function per sample, chosen by its task type; no reward model.
 
 Every reward is `fn(prediction, reference, **params) -> float in [0, 1]`, named in a sample's
 `reward` spec (redone_fast.data.reward_spec.REWARD_PARAMS lists the names and their parameters):
@@ -22,8 +22,15 @@ from redone_fast.rewards.format_checks import json_format, keywords, length, reg
 from redone_fast.rewards.match import exact_match, set_f1
 from redone_fast.rewards.normalize import answer_text, canonical, normalize_answer
 from redone_fast.rewards.overlap import bleu, chrf, rouge
-from redone_fast.rewards.router import (REWARD_FUNCTIONS, RewardOutcome, RewardPool, RewardStats, compute_reward,
-                                        score_completion, score_sample)
+from redone_fast.rewards.router import (
+    REWARD_FUNCTIONS,
+    RewardOutcome,
+    RewardPool,
+    RewardStats,
+    compute_reward,
+    score_completion,
+    score_sample,
+)
 
 __all__ = [
     "REWARD_FUNCTIONS", "RewardOutcome", "RewardPool", "RewardStats", "answer_text", "bleu", "canonical", "chrf",

@@ -116,8 +116,9 @@ def code_exec(prediction: str, reference: str, *, expected_output: str, stdin: s
     ``(prediction, reference, **kwargs)`` signature. ``timeout_s`` bounds both the wall-clock
     time and the CPU time of the run; it must be in (0, CODE_EXEC_MAX_TIMEOUT_S] = (0, 60] seconds
     (ValueError otherwise: a huge limit would stall training; data files are checked at load). The
-    output cap is raised above the default when the expected output needs it. Never raises for anything the program does; raises
-    :class:`SandboxUnavailableError` when no accepted isolation exists (see the module docstring).
+    output cap is raised above the default when the expected output needs it. Never raises for
+    anything the program does; raises :class:`SandboxUnavailableError` when no accepted isolation
+    exists (see the module docstring).
     """
     del reference  # unused by design, see the docstring
     if not (isinstance(timeout_s, (int, float)) and math.isfinite(timeout_s)

@@ -88,7 +88,8 @@ def _pattern(keyword: str) -> re.Pattern:
     return re.compile(body, re.IGNORECASE)
 
 
-def keywords(prediction: str, reference: str = "", *, include: Sequence[str] = (), exclude: Sequence[str] = ()) -> float:
+def keywords(prediction: str, reference: str = "", *, include: Sequence[str] = (),
+             exclude: Sequence[str] = ()) -> float:
     """1.0 when every `include` keyword is in the answer and no `exclude` keyword is (case-insensitive).
 
     Blank keywords are ignored; with nothing to check the answer passes.

@@ -52,8 +52,14 @@ from itertools import groupby
 
 from sacrebleu.metrics import BLEU, CHRF
 
-from redone_fast.data.reward_spec import (BLEU_TOKENIZERS, CHRF_MAX_WORD_ORDER, CHRF_TOKENIZERS, ROUGE_TOKENIZERS,
-                                          ROUGE_VARIANTS, missing_tokenizer_modules)
+from redone_fast.data.reward_spec import (
+    BLEU_TOKENIZERS,
+    CHRF_MAX_WORD_ORDER,
+    CHRF_TOKENIZERS,
+    ROUGE_TOKENIZERS,
+    ROUGE_VARIANTS,
+    missing_tokenizer_modules,
+)
 from redone_fast.rewards.normalize import answer_text
 
 # ---------------------------------------------------------------------------------------------------

@@ -124,7 +124,8 @@ def _describe(exc: BaseException) -> str:
     return text if len(text) <= _MAX_ERROR_CHARS else text[:_MAX_ERROR_CHARS] + "..."
 
 
-def score_completion(reward, reference: str, completion: str, *, rewards: Mapping[str, RewardFn] | None = None) -> RewardOutcome:
+def score_completion(reward, reference: str, completion: str, *,
+                     rewards: Mapping[str, RewardFn] | None = None) -> RewardOutcome:
     """compute_reward that never raises (an Exception becomes score 0 with the error recorded)."""
     start = time.perf_counter()
     try:

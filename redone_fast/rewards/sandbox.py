@@ -2,12 +2,17 @@
 
 ``run_python(code, stdin=..., limits=...)`` executes ``code`` in a fresh Python interpreter and
 returns a :class:`SandboxResult`; it never raises because of anything the program does. Generated
-code is only ever run this way. ``isolation_report()`` says which isolation a run would get here.
+code is only ever run this way. ``isolation_report()`` says which isolation a run would get here;
+``seccomp_filter()`` is the seccomp program the bubblewrap isolation loads.
 
 Two isolations exist; which one runs is decided per call:
 
 * **"bubblewrap"** (the default; needs the ``bwrap`` program, Debian/Ubuntu package ``bubblewrap``):
-  the kernel confines the child. This is the security boundary.
+  the kernel confines the child. This is the security boundary. The child runs as uid 65534 in new
+  user, pid, network, IPC, UTS, mount and cgroup namespaces, sees only the Python installation and the
+  system libraries (read-only), a fresh ``/proc`` and a minimal ``/dev``, and writes only to its own
+  tmpfs; a seccomp filter refuses process creation, mount, unshare/setns, ptrace, keyctl, bpf and the
+  like; rlimits, a wall clock, a minimal environment, output caps and the audit hook come on top.
 * **"weak"**: the child is an ordinary process confined by rlimits and an in-process audit hook,
   which is *not* a security boundary (memory corruption defeats it). Used only when bubblewrap is
   missing or unusable *and* the caller opted in, with ``SandboxLimits(allow_weak_isolation=True)`` or
@@ -15,121 +20,13 @@ Two isolations exist; which one runs is decided per call:
   :class:`SandboxUnavailableError` (one line: why bubblewrap cannot be used and how to fix it) and
   runs nothing.
 
-Layers under **bubblewrap**, outermost first:
-
-1. **Namespaces** (``bwrap --unshare-user --unshare-pid --unshare-net --unshare-ipc --unshare-uts
-   --unshare-cgroup-try --disable-userns``): a new user namespace in which the child is uid/gid
-   65534 with no capabilities (also when the trainer is root), its own pid namespace (it sees and
-   can signal only its own processes; ``kill(-1)`` reaches nothing outside), a network namespace
-   with only a down loopback (no network at all), private SysV IPC, hostname and cgroup view, and
-   no further user namespaces. ``--die-with-parent`` (the sandbox is SIGKILLed when the trainer
-   dies), ``--new-session`` (no terminal to inject keystrokes into), ``--clearenv`` plus the minimal
-   environment of layer 6.
-2. **A file system of its own** (a mount namespace on an empty root, remounted read-only): only the
-   Python installation (the interpreter, its ``sys.prefix``/``base_prefix`` and standard library
-   folders, ``LIBDIR``) and the system library folders (``/usr/lib``, ``/usr/lib64``, ``/lib*``,
-   ``/etc/ld.so.cache``) bound read-only, ``sandbox_child.py`` bound read-only, a fresh ``/proc`` of
-   the new pid namespace (never the host's; its host-global writable parts ``/proc/sys``,
-   ``/proc/pressure``, ... are covered by read-only empty folders), a minimal read-only ``/dev``
-   (null, zero, full, random, urandom, tty, a private pts). The only writable place is the working
-   folder, a fresh tmpfs of ``max_disk_bytes`` (cwd, ``HOME``, ``TMPDIR``; the program is its
-   ``main.py``), gone with the sandbox. No other host file (``/etc``, ``/home``, ``/tmp``, the
-   repository, the trainer's run folders) exists inside.
-3. **seccomp** (``bwrap --seccomp``; x86_64 and aarch64): a BPF filter returns ``EPERM`` for
-   process creation (``fork``, ``vfork``, ``clone`` without ``CLONE_THREAD`` or with a namespace
-   flag; ``clone3`` answers ``ENOSYS`` so that threads fall back to ``clone``), ``mknod``/
-   ``mknodat``, ``mount`` and the new mount API, ``umount2``, ``pivot_root``, ``chroot``,
-   ``unshare``, ``setns``, ``ptrace``, ``process_vm_readv/writev``, ``keyctl``/``add_key``/
-   ``request_key``, ``bpf``, ``perf_event_open``, ``userfaultfd``, ``io_uring_*``, module and kexec
-   loading, ``open_by_handle_at``, ``swapon``/``swapoff``, ``reboot``, ``acct``, ``quotactl``,
-   ``syslog``, ``personality``, ``kcmp``, ``pidfd_getfd``, clock setting, host/domain names, and
-   kills the process for any other ABI (x32, 32-bit). It is optional: where it cannot be loaded the
-   run goes on without it and ``isolation_report()["seccomp"]`` is ``False``.
-4. **Resource limits** (``setrlimit`` in the child, soft = hard, before any user code):
-   ``RLIMIT_CPU`` (``cpu_s`` rounded up; ``SIGXCPU`` then ``SIGKILL`` a second later),
-   ``RLIMIT_AS`` (``memory_mb``), ``RLIMIT_FSIZE`` (``max_file_bytes``), ``RLIMIT_NOFILE``,
-   ``RLIMIT_CORE = 0``, ``RLIMIT_NPROC`` (``max_processes``, counted in the sandbox's own user
-   namespace) where the kernel enforces it, i.e. when the trainer is not root: a root trainer's
-   children are uid 0 to the host kernel, which exempts them, so there seccomp alone stops process
-   creation and ``RLIMIT_AS`` bounds the number of threads. The tmpfs size bounds the disk.
-5. **Wall clock**: ``wall_s``, measured by the parent, which SIGKILLs bubblewrap's process group
-   (the pid namespace dies with it); a watchdog thread in the child ends it 2 s later still
-   (``_WATCHDOG_GRACE_S``) if the parent could not.
-6. **Minimal environment**: ``PATH=/usr/bin:/bin``, ``HOME``/``TMPDIR`` = the working folder,
-   ``LANG``/``LC_ALL=C.UTF-8``, ``MALLOC_ARENA_MAX=2`` (glibc would reserve 64 MiB of address space
-   per thread under ``RLIMIT_AS``), ``LD_LIBRARY_PATH`` when the parent has one; bubblewrap itself
-   (pid 1 in the sandbox, whose ``/proc/1/environ`` the child can read) gets only ``PATH`` and
-   ``LANG``. Nothing of the parent's environment (tokens, keys) reaches the sandbox.
-7. **The audit hook** (:mod:`redone_fast.rewards.sandbox_child`), the same as under the weak
-   isolation (below): a second layer.
-8. **Parent side**: stdout/stderr are each read up to ``max_output_bytes`` (more kills the
-   program: ``reason="output_limit"``), so output floods cannot exhaust the trainer's memory.
-
-Layers under the **weak** isolation: 1. a separate interpreter (``sys.executable -I -S -B``) in its
-own session, every parent fd closed, the process group SIGKILLed after the run; 2.-3. the rlimits
-and wall clock above (``RLIMIT_NPROC`` where enforceable: counted per user namespace on Linux >=
-5.14, else the uid's current task count + ``max_processes``; a real-root child is exempt); 4. a
-``mkdtemp`` working folder (0700) on the host, deleted afterwards; 5. the minimal environment; 6. when
-available, ``unshare --user --map-root-user --net`` (no network) and, for a root trainer, uid 65534
-(if the interpreter is usable by that uid: it is not when Python lives under a 0700 ``/root``, and
-then the child is real root); 7. the audit hook; 8. the parent-side output caps.
-
-**The audit hook** (installed before the user code is compiled; Python offers no way to remove one)
-raises ``PermissionError`` (``ModuleNotFoundError`` for imports) and writes a ``[sandbox] blocked
-...`` line to stderr for:
-
-* process creation and signals (``os.system``, ``os.exec*``, ``os.fork``, ``os.forkpty``,
-  ``os.posix_spawn*``, ``subprocess.Popen``, ``os.kill``, ``os.killpg``). Functions that have no
-  audit event are removed before the user code runs: ``os.mknod``, ``os.mkfifo``, ``os.chroot``,
-  ``os.unshare``, ``os.setns``, ``os.pidfd_open``, ``signal.pidfd_send_signal``,
-  ``os.setpriority``, ``os.sched_set*`` are deleted, ``_posixsubprocess.fork_exec``,
-  ``_imp.create_builtin`` and ``_imp.get_frozen_object`` become refusals (every allowed builtin and
-  frozen module is imported first, so none can be re-created whole);
-* networking: every ``socket.*`` event (connect, bind, sendto, name resolution, any socket but
-  ``AF_UNIX``) and the ``urllib``/``http``/``ftplib``/... events;
-* native code and interpreter internals: importing ``ctypes``, ``_posixsubprocess``,
-  sub-interpreters, ``_test*``/``xx*``, ``_sqlite3``, ``_ssl``, ``pwd``/``grp``, ...; loading an
-  extension module from outside the standard library; ``code.__new__``/``code.replace`` (hand-made
-  bytecode; only ``types.coroutine`` is let through); ``marshal.load``; ``marshal.loads`` except from
-  the import system's ``_compile_bytecode`` on immutable bytes equal, byte for byte, to a ``.pyc``
-  file of the read-only standard library (so a custom loader, a patched ``cache_from_source`` or
-  patched builtins cannot feed it forged bytecode); ``sys.addaudithook``, ``sys.settrace``/
-  ``setprofile``, ``sys._current_frames``, ``gc.get_objects``/``get_referrers``/``get_referents``,
-  ``resource.setrlimit``/``prlimit``;
-* files: writing, creating, removing, renaming, ``chmod``/``chown``/``utime``/``truncate``/xattrs
-  outside the working folder; reading or listing outside it except the standard library (not its
-  ``site-packages``) and ``/dev/{null,zero,urandom,random,stdin,stdout,stderr}``; opening devices or
-  FIFOs; all ``os.symlink``/``os.link``; ``os.chdir`` elsewhere; more than ``max_files`` new
-  files/folders. Paths are resolved like the kernel does (``..``, symlinks), and only exact
-  ``str``/``bytes`` (or subclasses, read through their data) and int fds are accepted as paths
-  (``open(pathlib.Path(...))`` is refused: an arbitrary ``__fspath__`` could answer differently to
-  the hook and to ``open``).
-
-The hook cannot be changed by the program: it looks up no global or builtin name, calls nothing
-the program can override, and is referenced from nowhere the program can reach (see
-``sandbox_child.py``).
-
-What remains (known gaps):
-
-* Under bubblewrap, a root trainer's child is uid 0 *outside* its user namespace (bubblewrap maps
-  the sandbox uid to its caller's): it has no capabilities, sees only read-only host files, but is
-  exempt from ``RLIMIT_NPROC`` (seccomp stops new processes; threads are bounded by ``RLIMIT_AS``
-  only). Run the trainer as a non-root user for the full set. Exit statuses above 128 are
-  indistinguishable from a death by signal (bubblewrap reports both as 128+N): they are reported as
-  the signal.
-* The tmpfs bounds bytes, not inodes: creating files is bounded by ``max_files`` (the hook) and the
-  CPU limit, and they vanish with the sandbox.
-* Under the weak isolation the hook is all there is: memory corruption (a CPython crash bug)
-  defeats it, and the program then has the uid's rights (files it can read/write, signals to the
-  same uid, the network unless the namespace layer is active). ``os.stat``/``access``/``readlink``
-  have no audit event (the program can probe which paths exist); races between another thread's
-  rename and a check are possible inside the folder.
-* ``RLIMIT_CPU`` has one-second granularity; ``RLIMIT_AS`` counts address space, not RSS.
-* On Python >= 3.13, ``frame.f_locals`` writes through to live frames (PEP 667): a finaliser that
-  runs while the hook is active could rewrite the hook's variables for that call. Written for and
-  tested on CPython 3.11 and 3.12 (audit events are version-specific).
-* The standard library only: ``numpy`` & co. are not importable (``-S``; ``site-packages`` is not
-  mounted/readable).
+The audit hook (:mod:`redone_fast.rewards.sandbox_child`) refuses process creation and signals,
+networking, native code and interpreter internals, and file access outside the working folder, with
+``PermissionError`` and a ``[sandbox] blocked ...`` line on stderr. :class:`SandboxLimits` lists the
+limits, :class:`SandboxResult` the outcomes. Every layer of both isolations, everything the hook
+refuses, and the known gaps (a root trainer's child is exempt from ``RLIMIT_NPROC``; the weak isolation is
+only as strong as CPython; written for CPython 3.11 and 3.12; the standard library only):
+docs/design.md, "The code sandbox".
 """
 
 from __future__ import annotations
@@ -176,7 +73,7 @@ class SandboxUnavailableError(RuntimeError):
 
 @dataclass(frozen=True)
 class SandboxLimits:
-    """Limits for one sandboxed run (see the module docstring for what each enforces).
+    """Limits for one sandboxed run (what each enforces: docs/design.md, "The code sandbox").
 
     ``allow_weak_isolation``: run with the weak in-process isolation when bubblewrap cannot be
     used (also enabled by ``REDONE_SANDBOX_ALLOW_WEAK=1``); otherwise such a run raises
@@ -618,7 +515,7 @@ def _jail_nproc(jail: _Jail, limits: SandboxLimits) -> int:
 
 def _bwrap_argv(jail: _Jail, limits: SandboxLimits, workdir: str, *, code_fd: int, status_fd: int,
                 seccomp_fd: int | None, command: list[str]) -> list[str]:
-    """The whole bubblewrap command line for one run (see the module docstring, layers 1-3)."""
+    """The whole bubblewrap command line for one run (docs/design.md, "The code sandbox", layers 1-3)."""
     argv = [jail.bwrap, *_namespace_args(jail.disable_userns), "--die-with-parent", "--new-session",
             *_env_args(_child_env(workdir)), *_mount_args(workdir, limits.max_disk_bytes),
             "--perms", "0600", "--file", str(code_fd), workdir + "/main.py",

@@ -185,9 +185,8 @@ def trusted_code_objects():
     """(the import system's ``_compile_bytecode``, ``types.coroutine``): the only callers let through
     for ``marshal.loads`` (after checking the data) and ``code.__new__``; ``()`` entries when this
     CPython differs (then marshal is refused outright and imports compile from source)."""
-    import types
-
     import _frozen_importlib_external as bootstrap_external
+    import types
     compile_bytecode = getattr(bootstrap_external, "_compile_bytecode", None)
     code = getattr(compile_bytecode, "__code__", None)
     if code is None or not {"data", "bytecode_path"} <= set(code.co_varnames):
@@ -199,8 +198,8 @@ def trusted_code_objects():
 def make_hook(workdir, prefixes, excluded, max_files, compile_bytecode_code, coroutine_code,
               blocked_modules, blocked_module_prefix):
     """The audit hook: refuses (``PermissionError``, ``ModuleNotFoundError`` for imports) and writes
-    ``[sandbox] blocked EVENT [what]`` to stderr for every operation the module docstring of
-    :mod:`redone_fast.rewards.sandbox` lists. Everything it uses is bound here, as immutable objects.
+    ``[sandbox] blocked EVENT [what]`` to stderr for every operation docs/design.md, "The code sandbox"
+    lists under "The audit hook". Everything it uses is bound here, as immutable objects.
 
     The hook is one long function on purpose: a helper it called would be a Python function object
     (mutable: its ``__code__`` could be swapped if the program ever reached it) and a global lookup

