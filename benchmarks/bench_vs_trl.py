@@ -42,7 +42,7 @@ RL (`rl`): one rollout step = generate `--group-size` answers to each of `--prom
 advantages, one optimizer update on all of them (on-policy: no old-policy forward), DAPO token-mean
 loss, no KL, for `--steps` rollout steps and every seed of `--seeds`:
 
-  ours      the RL stage's `RLSource` (stages/rl.py) with the HF rollout engine (`rollout/hf_engine.py`)
+  ours      the RL stage's `RLSource` (rl/source.py) with the HF rollout engine (`rollout/hf_engine.py`)
             and `DAPOObjective` through `train_step`, as `python -m redone_fast.stages.rl --preset tiny`
             builds them, with dynamic sampling off (TRL has none) and one generate call per step.
   trl       TRL `GRPOTrainer`, `use_vllm=False`, `loss_type="dapo"`, `beta=0`, epsilon 0.2 / 0.28,
@@ -214,6 +214,7 @@ def _attn(args, trainer: str) -> str | None:
 
 def _hf_model(attn: str):
     from transformers import AutoModelForCausalLM
+
     from redone_fast.tiny import model_path
     model = AutoModelForCausalLM.from_pretrained(str(model_path()), dtype=torch.float32, attn_implementation=attn)
     return model.train()
@@ -538,7 +539,7 @@ def run_sft(args) -> dict:
 # RL
 # --------------------------------------------------------------------------------------------------
 def _rl_config(args, seed: int):
-    from redone_fast.stages.rl import check_config, preset
+    from redone_fast.rl.config import check_config, preset
     cfg = preset("tiny")
     cfg = dataclasses.replace(
         cfg, tasks=[] if args.task == "all" else [args.task], rollout_steps=args.steps,
@@ -589,9 +590,10 @@ def run_rl_ours(args, seed: int) -> dict:
     from redone_fast.model import load_tokenizer
     from redone_fast.parallelize import build_model
     from redone_fast.rewards.router import RewardPool
+    from redone_fast.rl.config import rollout_is_cap
     from redone_fast.rl.loss import DAPOObjective
+    from redone_fast.rl.source import RLSource
     from redone_fast.rollout.hf_engine import HFEngine
-    from redone_fast.stages.rl import RLSource, rollout_is_cap
 
     cfg = _rl_config(args, seed)
     cfg = dataclasses.replace(cfg, parallel=dataclasses.replace(cfg.parallel, attn_implementation=_attn(args, "ours")))
@@ -719,11 +721,12 @@ def _timed_grpo_class():
 
 def run_rl_trl(args, seed: int) -> dict:
     from datasets import Dataset
+    from trl import GRPOConfig
+
     from redone_fast.data.formatting import encode_prompt
     from redone_fast.model import load_tokenizer
     from redone_fast.rewards.router import RewardPool
     from redone_fast.rl.shaping import overlong_penalty
-    from trl import GRPOConfig
 
     cfg = _rl_config(args, seed)
     tokenizer = load_tokenizer(cfg.model)

@@ -29,7 +29,6 @@ rank 0 prints and writes.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -37,14 +36,24 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Annotated
 
-from redone_fast.config import add_config_arguments, apply_config_arguments
+import tyro
+
+from redone_fast.config import parse_command
 from redone_fast.data.schema import DataError
-from redone_fast.errors import run_cli
-from redone_fast.pipeline.scoring import EvalConfig, context_length, evaluate_samples, \
-    first_per_task, open_engine, score_sns_bench_samples, task_domain
+from redone_fast.errors import ConfigError, run_cli
+from redone_fast.pipeline.scoring import (
+    EvalConfig,
+    context_length,
+    evaluate_samples,
+    first_per_task,
+    open_engine,
+    score_sns_bench_samples,
+    task_domain,
+)
 
-__all__ = ["format_report", "build_parser", "main"]
+__all__ = ["format_report", "EvalCommand", "parse_args", "main"]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -100,22 +109,29 @@ def _default_eval_files() -> list[str]:
     return [str(data_path("eval"))]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m redone_fast.eval",
-        description="Score an exported model (HF folder) on the bundled eval split and, optionally, SNS-Bench.")
-    parser.add_argument("--model", required=True, metavar="DIR", help="exported model folder (config.json + "
-                        "safetensors + tokenizer)")
-    parser.add_argument("--eval-files", nargs="+", metavar="F", default=None,
-                        help="eval JSONL files (default: the bundled eval split)")
-    parser.add_argument("--sns-bench", metavar="DIR", default=None,
-                        help="an SNS-Bench data folder (the benchmark's twelve JSON files); default: not scored")
-    parser.add_argument("--sns-bench-limit", type=int, default=0, metavar="N",
-                        help="only the first N items of each SNS-Bench file (default: 0, all)")
-    parser.add_argument("--out", metavar="FILE", default=None, help="write the results as JSON here")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: CUDA when available)")
-    add_config_arguments(parser, EvalConfig)
-    return parser
+@dataclasses.dataclass
+class EvalCommand:
+    """Score an exported model (HF folder) on the bundled eval split and, optionally, SNS-Bench."""
+
+    model: str
+    """exported model folder (config.json + safetensors + tokenizer)"""
+    cfg: Annotated[EvalConfig, tyro.conf.arg(name="")]
+    eval_files: list[str] | None = None
+    """eval JSONL files (None: the bundled eval split)"""
+    sns_bench: str | None = None
+    """an SNS-Bench data folder (the benchmark's twelve JSON files); None: not scored"""
+    sns_bench_limit: int = 0
+    """only the first N items of each SNS-Bench file (0: all)"""
+    out: str | None = None
+    """write the results as JSON here"""
+    device: str | None = None
+    """cpu, cuda, cuda:1, ... (None: CUDA when available)"""
+
+
+def parse_args(argv: list[str]) -> EvalCommand:
+    """The command line as an EvalCommand (tyro; bad input raises ConfigError with one line)."""
+    return parse_command(EvalCommand, argv, prog="python -m redone_fast.eval", description=EvalCommand.__doc__,
+                         model=tyro.MISSING, cfg=EvalConfig())
 
 
 def _error(message: str) -> int:
@@ -132,14 +148,10 @@ def _main(argv: list[str]) -> int:
     from redone_fast.data.schema import load_jsonl
     from redone_fast.model import ModelFolderError, check_model_folder
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        cfg = apply_config_arguments(EvalConfig(), args)
-    except ValueError as exc:
-        parser.error(str(exc))
+    args = parse_args(argv)
+    cfg = args.cfg
     if args.sns_bench_limit < 0:
-        parser.error(f"--sns-bench-limit: expected >= 0, got {args.sns_bench_limit}")
+        raise ConfigError(f"--sns-bench-limit: expected >= 0, got {args.sns_bench_limit}")
     started = time.perf_counter()
 
     # Inputs first, all of them, before a model is loaded.

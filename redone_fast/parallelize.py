@@ -1,10 +1,10 @@
 """FSDP2 for Hugging Face decoders: a function applied to a plain model built on the meta device.
 
-The torchtitan recipe (DESIGN sections 4 and 8): build the model on `meta` (no memory), wrap each decoder
-block in activation checkpointing, `fully_shard` each block and then the root (the root group holds the
-embedding, the final norm and the LM head, tied or not), `to_empty` on the device, then fill each rank's
-shards straight from the safetensors files: every rank reads only the rows of its own shard
-(`safe_open(...).get_slice`), so no rank ever holds a full copy of the model.
+The torchtitan recipe (docs/design.md, "Parallelism" and "Conventions"): build the model on `meta` (no
+memory), wrap each decoder block in activation checkpointing, `fully_shard` each block and then the root
+(the root group holds the embedding, the final norm and the LM head, tied or not), `to_empty` on the
+device, then fill each rank's shards straight from the safetensors files: every rank reads only the rows
+of its own shard (`safe_open(...).get_slice`), so no rank ever holds a full copy of the model.
 
 - Mixed precision: parameters stay fp32 (the optimizer's master weights); on CUDA the forward and backward
   run in bf16 (`MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32)`: gradients are reduced in fp32).
@@ -22,13 +22,13 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor, Shard
-
 from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
 from redone_fast.errors import ConfigError
@@ -46,11 +46,16 @@ _AC_PREFIX = "_checkpoint_wrapped_module."
 class ParallelConfig:
     """How the model is sharded and recomputed."""
 
-    activation_checkpointing: bool = True  # recompute each decoder block in backward (memory for FLOPs)
-    param_dtype: str | None = None  # compute dtype; None: bfloat16 on CUDA, float32 on CPU
-    reduce_dtype: str = "float32"  # gradient reduce-scatter dtype
-    reshard_after_forward: bool = True  # blocks free their gathered weights after forward (ZeRO-3)
-    attn_implementation: str | None = None  # None: flash_attention_2 on CUDA when installed, else packed_sdpa
+    activation_checkpointing: bool = True
+    """recompute each decoder block in backward (memory for FLOPs)"""
+    param_dtype: Literal["float32", "bfloat16", "float16"] | None = None
+    """compute dtype; None: bfloat16 on CUDA, float32 on CPU"""
+    reduce_dtype: Literal["float32", "bfloat16"] = "float32"
+    """gradient reduce-scatter dtype"""
+    reshard_after_forward: bool = True
+    """blocks free their gathered weights after forward (ZeRO-3)"""
+    attn_implementation: str | None = None
+    """a transformers attention name; None: flash_attention_2 on CUDA when installed, else packed_sdpa"""
 
 
 def _dtype(name: str | None, device: torch.device) -> torch.dtype:
@@ -93,7 +98,8 @@ def parallelize(model: PreTrainedModel, mesh: DeviceMesh, cfg: ParallelConfig | 
 
     cfg = cfg or ParallelConfig()
     device = torch.device(mesh.device_type)
-    mp = MixedPrecisionPolicy(param_dtype=_dtype(cfg.param_dtype, device), reduce_dtype=_dtype(cfg.reduce_dtype, device))
+    mp = MixedPrecisionPolicy(param_dtype=_dtype(cfg.param_dtype, device),
+                              reduce_dtype=_dtype(cfg.reduce_dtype, device))
     blocks = decoder_blocks(model)
     for index, block in enumerate(blocks):
         if cfg.activation_checkpointing:

@@ -7,41 +7,52 @@
         --rl-files sns_rl.jsonl --sft-files sns_sft.jsonl --eval-files eval.jsonl --run-dir runs/qwen3-4b
 
 Re-running with the same --run-dir resumes where it stopped, whichever stage that was. Every field of the
-configuration is an option (nested with dots: --stage1.optim.lr 1e-6); each stage's model, tokenizer and
-data files are filled in by the pipeline. The run folder holds report.md (read it first), report.json,
-plots/, the capability map, one Hugging Face export per stage, checkpoints and metrics.
+configuration is an option, nested with dots by the role of the stage it sets (--rl-from-base.optim.lr 1e-6,
+--sft.epochs 3, --rl-after-sft.rollout-steps 100); `--config FILE` (JSON or YAML) sets fields over the
+preset, flags over both. Each stage's model, tokenizer and data files are filled in by the pipeline. The
+run folder holds report.md (read it first), report.json, plots/, the capability map, one Hugging Face
+export per stage, checkpoints and metrics.
 """
 from __future__ import annotations
 
-import argparse
 import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated
 
-from redone_fast.config import add_config_arguments, apply_config_arguments
+import tyro
+
+from redone_fast.config import parse_command
 from redone_fast.errors import RedoneError, run_cli
+from redone_fast.pipeline.config import PipelineConfig, Preset, Recipe, preset
+from redone_fast.pipeline.run import STATE_FILE, PipelineError, run_pipeline
 
-__all__ = ["build_parser", "main"]
+__all__ = ["PipelineCommand", "parse_args", "main"]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from redone_fast.pipeline.config import PRESETS, RECIPES, PipelineConfig, preset
-    parser = argparse.ArgumentParser(prog="python -m redone_fast.train", description=__doc__.split("\n\n")[0],
-                                     epilog="\n\n".join(__doc__.split("\n\n")[1:]),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="tiny", choices=PRESETS,
-                        help="starting settings: tiny (bundled model and data, CPU) or qwen3-4b (the paper's, GPU "
-                             "nodes; give --model and the data files) (default: tiny)")
-    parser.add_argument("--recipe", default="redone", choices=RECIPES,
-                        help="redone: RL -> targeted SFT -> RL; sft-then-rl and sft-only: the paper's baselines "
-                             "(default: redone)")
-    parser.add_argument("--run-dir", default=None,
-                        help="run folder; reused = resume (default: runs/<preset>-<recipe>)")
-    parser.add_argument("--stages", type=lambda text: [s for s in text.split(",") if s], default=None,
-                        metavar="A,B", help="run only these stages' steps, e.g. stage1 or stage2,stage3 "
-                                            "(default: every stage of the recipe)")
-    parser.add_argument("--allow-config-change", action="store_true",
-                        help="resume a run folder even though the configuration differs from its first run")
-    add_config_arguments(parser, PipelineConfig, defaults=preset("tiny"))
-    return parser
+@dataclass
+class PipelineCommand:
+    cfg: Annotated[PipelineConfig, tyro.conf.arg(name="")]
+    preset: Preset = "tiny"
+    """starting settings: tiny (bundled model and data, CPU) or qwen3-4b (the paper's, GPU nodes; give --model
+    and the data files)"""
+    config: str | None = None
+    """a JSON or YAML file of configuration fields, applied over the preset (flags win over it)"""
+    recipe: Recipe = "redone"
+    """redone: RL -> targeted SFT -> RL; sft-then-rl and sft-only: the paper's baselines"""
+    run_dir: str | None = None
+    """run folder; reused = resume (None: runs/<preset>-<recipe>)"""
+    stages: list[str] = field(default_factory=list)
+    """run only these stages' steps, e.g. stage1 or stage2 stage3 (empty: every stage of the recipe)"""
+    allow_config_change: bool = False
+    """resume a run folder even though the configuration differs from its first run"""
+
+
+def parse_args(argv: list[str]) -> PipelineCommand:
+    """The command line as a PipelineCommand (tyro; bad input raises ConfigError with one line)."""
+    return parse_command(PipelineCommand, argv, prog="python -m redone_fast.train", description=__doc__,
+                         presets={name: (lambda name=name: preset(name)) for name in Preset.__args__},
+                         default_preset="tiny")
 
 
 def main(argv=None) -> int:
@@ -50,16 +61,11 @@ def main(argv=None) -> int:
 
 
 def _main(argv) -> int:
-    from pathlib import Path
-
-    from redone_fast.pipeline.config import preset
-    from redone_fast.pipeline.run import STATE_FILE, PipelineError, run_pipeline
-
-    args = build_parser().parse_args(argv)
-    cfg = apply_config_arguments(preset(args.preset), args)
+    args = parse_args(argv)
     run_dir = args.run_dir or f"runs/{args.preset}-{args.recipe}"
+    stages = [name for item in args.stages for name in item.split(",") if name]  # stage2,stage3 still works
     try:
-        state = run_pipeline(cfg, run_dir, recipe=args.recipe, stages=args.stages,
+        state = run_pipeline(args.cfg, run_dir, recipe=args.recipe, stages=stages or None,
                              allow_config_change=args.allow_config_change)
     except RedoneError as exc:
         if not (Path(run_dir) / STATE_FILE).is_file():

@@ -28,12 +28,14 @@ def _write_inputs(folder: Path) -> None:
                                            + "\n").encode("latin-1"))
     (folder / "utf16.jsonl").write_text(json.dumps(GOOD) + "\n", encoding="utf-16")
     (folder / "nested.jsonl").write_text("[" * 100_000 + "]" * 100_000 + "\n")
-    (folder / "bad_regex.jsonl").write_text(json.dumps({**GOOD, "reward": {"name": "regex", "params": {"pattern": "("}}}))
+    bad_regex = {"name": "regex", "params": {"pattern": "("}}
+    (folder / "bad_regex.jsonl").write_text(json.dumps({**GOOD, "reward": bad_regex}))
     (folder / "reward_name_list.jsonl").write_text(json.dumps({**GOOD, "reward": {"name": ["exact_match"]}}))
     (folder / "reward_list.jsonl").write_text(json.dumps({**GOOD, "reward": ["exact_match"]}))
     code = {"name": "code_exec", "params": {"expected_output": "1", "timeout_s": 1e9}}
     (folder / "long_timeout.jsonl").write_text(json.dumps({**GOOD, "reward": code}))
     (folder / "a_file").write_text("not a folder\n")
+    (folder / "bad_choice.yaml").write_text("overlong: cut\n")
 
 
 def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -41,11 +43,12 @@ def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=300, cwd=cwd, env=env)
 
 
-SFT = ["redone_fast.stages.sft", "--max-steps", "1", "--export", "false"]
+SFT = ["redone_fast.stages.sft", "--max-steps", "1", "--no-export"]
 CASES = {  # name: (arguments, what the one line must say)
     "not-utf8": (SFT + ["--run-dir", "r", "--train-files", "latin1.jsonl"], "latin1.jsonl:1: not UTF-8 (byte 0xe9"),
     "utf16": (SFT + ["--run-dir", "r", "--train-files", "utf16.jsonl"], "utf16.jsonl: the file is UTF-16"),
-    "deep-nesting": (SFT + ["--run-dir", "r", "--train-files", "nested.jsonl"], "nested.jsonl:1: JSON nested too deeply"),
+    "deep-nesting": (SFT + ["--run-dir", "r", "--train-files", "nested.jsonl"],
+                     "nested.jsonl:1: JSON nested too deeply"),
     "bad-regex": (SFT + ["--run-dir", "r", "--train-files", "bad_regex.jsonl"], "bad_regex.jsonl:1: reward 'regex'"),
     "unhashable-reward": (SFT + ["--run-dir", "r", "--train-files", "reward_name_list.jsonl"],
                           "reward_name_list.jsonl:1: reward name must be a string"),
@@ -54,15 +57,24 @@ CASES = {  # name: (arguments, what the one line must say)
     "code-exec-timeout": (SFT + ["--run-dir", "r", "--train-files", "long_timeout.jsonl"],
                           "long_timeout.jsonl:1: reward 'code_exec' parameter 'timeout_s'"),
     "run-dir-is-a-file": (SFT + ["--run-dir", "a_file"], "exists and is not a folder: a_file"),
-    "bad-dtype": (SFT + ["--run-dir", "r", "--parallel.param-dtype", "float7"], "'float7' is not a torch dtype"),
+    "bad-dtype": (SFT + ["--run-dir", "r", "--parallel.param-dtype", "float7"],
+                  "invalid choice 'float7' for argument '--parallel.param-dtype'"),
+    "bad-choice-file": (SFT + ["--run-dir", "r", "--config", "bad_choice.yaml"],
+                        "--config bad_choice.yaml: overlong: must be one of truncate, drop; got 'cut'"),
     "bad-lr": (SFT + ["--run-dir", "r", "--optim.lr", "-1"], "optimizer settings out of range: lr=-1.0"),
-    "rl-missing-model": (["redone_fast.stages.rl", "--run-dir", "r", "--model", "nope"], "model folder nope: does not exist"),
+    "rl-paper-without-model": (["redone_fast.stages.rl", "--run-dir", "r", "--preset", "paper"],
+                               "model: no model folder given (--model DIR)"),
+    "sft-paper-without-files": (["redone_fast.stages.sft", "--run-dir", "r", "--preset", "paper", "--model",
+                                 str(ASSETS / "model")], "train_files: no data files given"),
+    "rl-missing-model": (["redone_fast.stages.rl", "--run-dir", "r", "--model", "nope"],
+                         "model folder nope: does not exist"),
     "train-bad-data": (["redone_fast.train", "--run-dir", "r", "--rl-files", "utf16.jsonl"],
                        "utf16.jsonl: the file is UTF-16"),
     "eval-bad-data": (["redone_fast.eval", "--model", str(ASSETS / "model"), "--eval-files", "nested.jsonl"],
                       "nested.jsonl:1: JSON nested too deeply"),
     "corpus-out-is-a-file": (["redone_fast.data.corpus", "--out", "a_file/sub"], "a_file/sub"),
-    "build-bad-set": (["redone_fast.tiny.build", "--out", "m", "--set", "train.lr=abc"], "--set train.lr: expected a float"),
+    "build-bad-value": (["redone_fast.tiny.build", "--out", "m", "--train.lr", "abc"],
+                        "Error parsing --train.lr: could not convert string to float: 'abc'"),
 }
 # The same bad files through the pipeline, each in the role of one of its three inputs, and bad settings of
 # its later stages: all fail before the first step runs (no run folder is even made).
@@ -76,10 +88,14 @@ for index, (name, (file, expected)) in enumerate(BAD_FILES.items()):  # each fil
     role = ("rl", "sft", "eval")[index % 3]
     CASES[f"train-{role}-files-{name}"] = (TRAIN + [f"--{role}-files", file], expected)
 CASES.update({
-    "train-stage2-dtype": (TRAIN + ["--stage2.parallel.param-dtype", "float7"],
-                           "stage2: parallel.param_dtype: 'float7' is not a torch dtype"),
-    "train-stage3-choice": (TRAIN + ["--stage3.filter-metric", "nope"], "stage3: filter_metric: must be one of"),
-    "train-stage1-clip": (TRAIN + ["--stage1.eps-low", "2"], "stage1: clip range out of bounds: eps_low=2.0"),
+    "train-sft-dtype": (TRAIN + ["--sft.parallel.param-dtype", "float7"],
+                        "invalid choice 'float7' for argument '--sft.parallel.param-dtype'"),
+    "train-rl-after-sft-choice": (TRAIN + ["--rl-after-sft.filter-metric", "nope"],
+                                  "invalid choice 'nope' for argument '--rl-after-sft.filter-metric'"),
+    "train-rl-after-sft-range": (TRAIN + ["--rl-after-sft.loop.checkpoint-every", "0"],
+                                 "rl_after_sft: loop.checkpoint_every: must be >= 1, got 0"),
+    "train-rl-from-base-clip": (TRAIN + ["--rl-from-base.eps-low", "2"],
+                                "rl_from_base: clip range out of bounds: eps_low=2.0"),
     "train-missing-model": (TRAIN + ["--model", "nope"], "model folder nope: does not exist"),
     "train-run-dir-is-a-file": (["redone_fast.train", "--run-dir", "a_file"], "exists and is not a folder: a_file"),
 })
@@ -125,7 +141,8 @@ def test_read_only_run_folder_is_named(tmp_path):
 
 
 def test_describe_os_error_names_path_and_cause():
-    assert describe_os_error(OSError(errno.ENOSPC, "x", "runs/a/m.jsonl")).startswith("no space left on device: runs/a/m.jsonl (")
+    assert describe_os_error(OSError(errno.ENOSPC, "x", "runs/a/m.jsonl")).startswith(
+        "no space left on device: runs/a/m.jsonl (")
     assert describe_os_error(OSError(errno.EROFS, "x", "runs/a")) == "read-only file system: runs/a"
     assert describe_os_error(OSError(errno.EACCES, "x", "a", None, "b")) == "permission denied: a -> b"
 
@@ -176,7 +193,7 @@ def test_a_resumed_pipeline_given_a_bad_setting_keeps_its_config(tmp_path):
     run_dir = tmp_path / "r"
     run_dir.mkdir()
     (run_dir / "config.json").write_text('{"marker": 1}')
-    proc = _run(["redone_fast.train", "--run-dir", "r", "--stage3.filter-metric", "nope"], tmp_path)
+    proc = _run(["redone_fast.train", "--run-dir", "r", "--rl-after-sft.loop.checkpoint-every", "0"], tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert (run_dir / "config.json").read_text() == '{"marker": 1}'
 
@@ -188,7 +205,7 @@ SIGTERM_DELAYS_S = (2.5, 4.5, 7.0)  # imports / model and data loading / the tra
 def test_sigterm_at_any_phase_exits_cleanly_and_the_rerun_finishes(tmp_path, delay_s):
     """SIGTERM wherever the command is: exit 0 with a line (or, before Python has set up the handler, the
     default death by the signal), never a traceback; the same command re-run then finishes."""
-    args = ["redone_fast.stages.sft", "--run-dir", "r", "--max-steps", "6", "--checkpoint-every", "2"]
+    args = ["redone_fast.stages.sft", "--run-dir", "r", "--max-steps", "6", "--loop.checkpoint-every", "2"]
     env = {k: v for k, v in os.environ.items() if k != "REDONE_DEBUG"} | {"OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)

@@ -12,7 +12,6 @@
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import signal
@@ -25,12 +24,13 @@ from pathlib import Path
 import pytest
 
 from redone_fast.distributed import PEER_LOST_EXIT_CODE
-from redone_fast.loop import Checkpointer, read_metrics
+from redone_fast.loop import Checkpointer, LoopSettings, read_metrics
+from small_rl import SMALL_FLAGS, small_rl_config
 
 STEPS = 6
 # A constant learning rate: a run cut short and the reference then share their schedule whatever their length.
-ARGS = ["--batch-size", "16", "--micro-batch-tokens", "512", "--max-length", "256", "--checkpoint-every", "3",
-        "--log-every", "1", "--export", "false", "--optim.schedule", "constant", "--optim.warmup-ratio", "0"]
+ARGS = ["--batch-size", "16", "--micro-batch-tokens", "512", "--max-length", "256", "--loop.checkpoint-every", "3",
+        "--loop.log-every", "1", "--no-export", "--optim.schedule", "constant", "--optim.warmup-ratio", "0"]
 SURVIVOR_DEADLINE_S = 60
 
 
@@ -203,10 +203,9 @@ UPDATES, ROLLOUTS = 2, 3
 
 
 def _rl_config(run_checkpoint_every: int = 1):
-    from redone_fast.stages.rl import preset
-    return dataclasses.replace(preset("tiny"), tasks=["hashtag_choice"], prompts_per_step=8, rollout_steps=ROLLOUTS,
-                               updates_per_rollout=UPDATES, checkpoint_every_rollouts=run_checkpoint_every,
-                               export=False)
+    return small_rl_config(tasks=["hashtag_choice"], prompts_per_step=8, rollout_steps=ROLLOUTS,
+                           updates_per_rollout=UPDATES, loop=LoopSettings(checkpoint_every=run_checkpoint_every),
+                           export=False)
 
 
 def _rl_losses(run_dir) -> dict[int, tuple[float, float]]:
@@ -232,9 +231,10 @@ def _assert_same_losses(run_dir, reference) -> None:
 def test_rl_resumes_exactly_after_sigkill_inside_a_rollout(rl_reference, tmp_path):
     crash_step = UPDATES + 1  # the first update of the second rollout; the checkpoint is after the first
     proc = subprocess.run([sys.executable, "-m", "redone_fast.stages.rl", "--run-dir", str(tmp_path),
-                           "--tasks", "hashtag_choice", "--prompts-per-step", "8", "--rollout-steps", str(ROLLOUTS),
-                           "--updates-per-rollout", str(UPDATES), "--checkpoint-every-rollouts", "1",
-                           "--export", "false"], env=_env(REDONE_FAST_CRASH_AFTER_STEP=str(crash_step)),
+                           *SMALL_FLAGS, "--tasks", "hashtag_choice", "--prompts-per-step", "8",
+                           "--rollout-steps", str(ROLLOUTS), "--updates-per-rollout", str(UPDATES),
+                           "--loop.checkpoint-every", "1", "--no-export"],
+                          env=_env(REDONE_FAST_CRASH_AFTER_STEP=str(crash_step)),
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     assert [p.name for p in Checkpointer(tmp_path / "checkpoints").complete()] == [f"step_{UPDATES:08d}"]
@@ -248,14 +248,15 @@ def test_rl_sigterm_inside_a_rollout_stops_after_its_last_update(rl_reference, t
     """SIGTERM after the first update of the second rollout: the loop finishes that rollout, saves and
     stops; the resumed run gives the uninterrupted run's losses."""
     import importlib
+
     from redone_fast.stages.rl import run_rl
-    loop_train = importlib.import_module("redone_fast.loop.train")  # the module: the package exports `train`
+    loop_outer = importlib.import_module("redone_fast.loop.outer")  # the module: the package exports `train`
 
     def sigterm_after(step: int, stage=None) -> None:
         if step == UPDATES + 1:
             os.kill(os.getpid(), signal.SIGTERM)  # the loop's StopRequest handler records it
 
-    monkeypatch.setattr(loop_train, "maybe_crash_for_test", sigterm_after)
+    monkeypatch.setattr(loop_outer, "maybe_crash_for_test", sigterm_after)
     stopped = run_rl(_rl_config(run_checkpoint_every=100), tmp_path)
     assert stopped["status"] == "stopped" and stopped["step"] == 2 * UPDATES  # the rollout's end, not step 3
     assert [p.name for p in Checkpointer(tmp_path / "checkpoints").complete()] == [f"step_{2 * UPDATES:08d}"]

@@ -14,14 +14,13 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from redone_fast.loop import Checkpointer, read_metrics
-from redone_fast.loop.optim import OptimConfig
-from redone_fast.loop.optim import build_optimizer
+from redone_fast.loop.optim import OptimConfig, build_optimizer
 from redone_fast.parallelize import ParallelConfig, build_model
 from redone_fast.tiny import model_path
 
 STEPS = 6
 ARGS = ["--max-steps", str(STEPS), "--batch-size", "16", "--micro-batch-tokens", "512", "--max-length", "256",
-        "--checkpoint-every", "3", "--eval-every", "3", "--eval-max-samples", "24", "--log-every", "1"]
+        "--loop.checkpoint-every", "3", "--eval-every", "3", "--eval-max-samples", "24", "--loop.log-every", "1"]
 
 
 def _command(nproc: int) -> list[str]:
@@ -108,7 +107,7 @@ def test_sigterm_saves_and_exits_zero_then_resumes(tmp_path, nproc):
     """SIGTERM to the process (torchrun forwards it to every rank): finish the step, save, exit 0.
 
     torchrun itself then exits non-zero (it re-raises the signal it got); its workers exit 0."""
-    args = ["--max-steps", "40", "--checkpoint-every", "1000"]
+    args = ["--max-steps", "40", "--loop.checkpoint-every", "1000"]
     proc = subprocess.Popen(_command(nproc) + ["--run-dir", str(tmp_path), *ARGS, *args], env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120

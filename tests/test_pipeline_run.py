@@ -15,11 +15,11 @@ from redone_fast.pipeline.config import preset
 from redone_fast.tiny import data_path
 
 # Every stage and step shortened: a whole redone run takes about a minute on two cores.
-SHORT = ["--stage1.rollout-steps", "2", "--stage1.prompts-per-step", "8", "--stage1.samples-per-prompt", "4",
-         "--stage1.checkpoint-every-rollouts", "1",
-         "--stage3.rollout-steps", "2", "--stage3.prompts-per-step", "8", "--stage3.samples-per-prompt", "4",
-         "--stage3.checkpoint-every-rollouts", "1",
-         "--stage2.max-steps", "3", "--stage2.eval-max-samples", "16",
+SHORT = ["--rl-from-base.rollout-steps", "2", "--rl-from-base.prompts-per-step", "8",
+         "--rl-from-base.samples-per-prompt", "4", "--rl-from-base.loop.checkpoint-every", "1",
+         "--rl-after-sft.rollout-steps", "2", "--rl-after-sft.prompts-per-step", "8",
+         "--rl-after-sft.samples-per-prompt", "4", "--rl-after-sft.loop.checkpoint-every", "1",
+         "--sft.max-steps", "3", "--sft.eval-max-samples", "16",
          "--diagnosis.max-pool-per-task", "8", "--diagnosis.k", "2",
          "--hard.max-pool-per-task", "8", "--hard.k", "2",
          "--soft-labels.max-prompts", "8", "--soft-labels.k", "2",
@@ -87,14 +87,14 @@ def test_run_folder_and_report(crashed_then_resumed):
     assert len(soft) == 8
     stage2_cfg = json.loads((run_dir / "stage2" / "stage2_config.json").read_text())
     assert stage2_cfg["general_files"] == [str(run_dir / "soft_labels" / "general.jsonl")]
-    assert stage2_cfg["general_ratio"] == pytest.approx(preset("tiny").stage2.general_ratio) == pytest.approx(0.35)
+    assert stage2_cfg["general_ratio"] == pytest.approx(preset("tiny").sft.general_ratio) == pytest.approx(0.35)
     markdown = (run_dir / "report.md").read_text()
     assert "| **SNS average** |" in markdown and "Capability map" in markdown
     for name in ("reward_per_step", "task_scores", "sns_vs_general"):
         assert (run_dir / "plots" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"plots/{name}.png" in markdown
     # the resolved config and the stage-3 data: hard SNS prompts only, rationale share raised
-    assert json.loads((run_dir / "pipeline_config.json").read_text())["stage3"]["rollout_steps"] == 2
+    assert json.loads((run_dir / "pipeline_config.json").read_text())["rl_after_sft"]["rollout_steps"] == 2
     hard = [json.loads(line) for line in (run_dir / "stage3" / "data" / "sns.jsonl").read_text().splitlines()]
     assert hard
     by_task = {}
@@ -115,9 +115,9 @@ def test_completed_run_is_not_run_again(crashed_then_resumed):
 
 def test_changed_config_is_refused(crashed_then_resumed):
     run_dir = crashed_then_resumed[0]
-    changed = train(["--run-dir", str(run_dir), *SHORT, "--stage1.optim.lr", "0.1"])
+    changed = train(["--run-dir", str(run_dir), *SHORT, "--rl-from-base.optim.lr", "0.1"])
     assert changed.returncode == 2
-    assert "stage1.optim.lr" in changed.stderr and "--allow-config-change" in changed.stderr
+    assert "rl_from_base.optim.lr" in changed.stderr and "--allow-config-change" in changed.stderr
 
 
 @pytest.mark.parametrize("recipe, stages", [("sft-only", ["stage1"]), ("sft-then-rl", ["stage1", "stage2"])])
@@ -134,13 +134,14 @@ def test_baseline_recipes(tmp_path, recipe, stages):
         rl_cfg = json.loads((tmp_path / recipe / "stage2" / "stage2_config.json").read_text())
         assert rl_cfg["model"] == str(tmp_path / recipe / "stage1" / "export")
         # RL after SFT runs under stage 3's settings, as redone's stage 3 does (the tiny preset's rates differ)
-        assert rl_cfg["optim"]["lr"] == preset("tiny").stage3.optim.lr != preset("tiny").stage1.optim.lr
+        assert rl_cfg["optim"]["lr"] == preset("tiny").rl_after_sft.optim.lr != preset("tiny").rl_from_base.optim.lr
         assert rl_cfg["rollout_steps"] == 2
 
 
 def test_empty_failure_bucket_skips_stage2(tmp_path):
     run_dir = tmp_path / "run"
-    args = ["--run-dir", str(run_dir), *SHORT, "--stage1.rollout-steps", "1", "--stage3.rollout-steps", "1",
+    args = ["--run-dir", str(run_dir), *SHORT, "--rl-from-base.rollout-steps", "1",
+            "--rl-after-sft.rollout-steps", "1",
             "--diagnosis.low-pass-below", "0", "--diagnosis.weak-task-below", "0"]
     result = train(args)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -195,9 +196,9 @@ def test_missing_model_and_stages_out_of_order(tmp_path):
 def test_help_documents_every_field():
     result = train(["--help"])
     assert result.returncode == 0
-    for option in ("--stage1.optim.lr", "--stage2.general-ratio", "--stage3.eps-high", "--diagnosis.rare-floor",
-                   "--soft-labels.judge", "--hard.rationale-share", "--evaluation.max-new-tokens", "--recipe",
-                   "--preset", "--stages", "--run-dir", "--sns-bench"):
+    for option in ("--rl-from-base.optim.lr", "--sft.general-ratio", "--rl-after-sft.eps-high",
+                   "--diagnosis.rare-floor", "--soft-labels.judge", "--config", "--hard.rationale-share",
+                   "--evaluation.max-new-tokens", "--recipe", "--preset", "--stages", "--run-dir", "--sns-bench"):
         assert option in result.stdout, option
     assert "sft-then-rl" in result.stdout and "qwen3-4b" in result.stdout
 
@@ -206,7 +207,7 @@ def test_pipeline_under_torchrun_two_processes(tmp_path):
     """Two gloo ranks: training sharded by FSDP2, generation split over the ranks and gathered; rank 0
     writes the files. Greedy eval scores do not depend on the number of ranks."""
     run_dir = tmp_path / "run"
-    args = ["--run-dir", str(run_dir), *SHORT, "--stage1.rollout-steps", "1", "--stage3.rollout-steps", "1"]
+    args = ["--run-dir", str(run_dir), *SHORT, "--rl-from-base.rollout-steps", "1", "--rl-after-sft.rollout-steps", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                              "-m", "redone_fast.train", *args], capture_output=True, text=True, env=env, timeout=900)
@@ -215,7 +216,7 @@ def test_pipeline_under_torchrun_two_processes(tmp_path):
     assert list(report["scores"]) == ["base", "stage1", "stage2", "stage3"]
     assert json.loads((run_dir / "stage3" / "stage3_result.json").read_text())["world_size"] == 2
     single = subprocess.run([sys.executable, "-m", "redone_fast.train", "--run-dir", str(tmp_path / "one"), *SHORT,
-                             "--stages", "stage1", "--stage1.rollout-steps", "1"],
+                             "--stages", "stage1", "--rl-from-base.rollout-steps", "1"],
                             capture_output=True, text=True, env=env, timeout=900)
     assert single.returncode == 0, single.stderr[-3000:]
     base_one = json.loads((tmp_path / "one" / "report.json").read_text())["scores"]["base"]

@@ -14,9 +14,9 @@ from redone_fast.model import load_tokenizer
 from redone_fast.ops import group_advantages
 from redone_fast.parallelize import ParallelConfig, build_model
 from redone_fast.rl.loss import DAPOObjective
-from redone_fast.config import apply_config_arguments
-from redone_fast.stages.rl import RLSource, preset
+from redone_fast.rl.source import RLSource
 from redone_fast.tiny import data_path, model_path
+from small_rl import small_rl_config
 
 
 class ScriptedEngine:
@@ -76,7 +76,7 @@ def cfg_updates(source):
 def _source(dist_ctx, tiny_parts, score, **overrides):
     tokenizer, samples = tiny_parts
     settings = dict(prompts_per_step=6, samples_per_prompt=4, updates_per_rollout=2, overlong_buffer=0)
-    cfg = dataclasses.replace(preset("tiny"), **{**settings, **overrides})
+    cfg = small_rl_config(**{**settings, **overrides})
     model = build_model(model_path(), dist_ctx.mesh, ParallelConfig(activation_checkpointing=False))
     sampler = TaskBalancedSampler({"note_taxonomy": samples}, seed=3)
     engine = ScriptedEngine(tokenizer.eos_token_id)
@@ -87,7 +87,9 @@ def _source(dist_ctx, tiny_parts, score, **overrides):
 
 def test_all_equal_groups_are_dropped_and_refilled(dist_ctx, tiny_parts):
     # Every third prompt (by id) is all-correct, every third all-wrong, the rest mixed.
-    pattern = lambda s: ("all1", "all0", "mixed")[int(s.id.rsplit("-", 1)[1]) % 3]
+    def pattern(s):
+        return ("all1", "all0", "mixed")[int(s.id.rsplit("-", 1)[1]) % 3]
+
     source, engine, model = _source(dist_ctx, tiny_parts, _score_by_prompt(pattern), max_refill_rounds=10)
     first = source.next_step()
     metrics = source.pop_metrics()
@@ -116,7 +118,10 @@ def test_all_equal_groups_are_dropped_and_refilled(dist_ctx, tiny_parts):
 
 def test_one_update_per_rollout_skips_the_old_logprob_pass(dist_ctx, tiny_parts):
     """On-policy: no recompute (old_logprobs None); two updates per rollout (above) do recompute."""
-    pattern = lambda s: ("all1", "mixed")[int(s.id.rsplit("-", 1)[1]) % 2]
+
+    def pattern(s):
+        return ("all1", "mixed")[int(s.id.rsplit("-", 1)[1]) % 2]
+
     source, _, _ = _source(dist_ctx, tiny_parts, _score_by_prompt(pattern), updates_per_rollout=1)
     batches = source.next_step()
     assert batches and all(b.old_logprobs is None for b in batches)
@@ -156,7 +161,10 @@ def test_dynamic_sampling_filters_on_the_task_reward_not_the_shaped_one(dist_ctx
     """All four answers right, one ran into the overlong buffer (shaped 0.75). On the shaped reward that group
     was kept and std scaling gave the long answer an advantage of -1.5, as if it were wrong; DAPO's
     reference filters on accuracy, so by default the group carries no signal."""
-    lengths = lambda p, j: (4, 4, 4, 7)[j]  # free up to 6 of 10 tokens: 7 costs -0.25
+
+    def lengths(p, j):
+        return (4, 4, 4, 7)[j]  # free up to 6 of 10 tokens: 7 costs -0.25
+
     settings = dict(score=_score_by_prompt(lambda s: "all1"), max_response_tokens=10, overlong_buffer=4,
                     max_refill_rounds=0)
     source, engine, _ = _source(dist_ctx, tiny_parts, **settings)
@@ -172,7 +180,7 @@ def test_dynamic_sampling_filters_on_the_task_reward_not_the_shaped_one(dist_ctx
 
 
 def test_accuracy_filter_counts_partial_scores_as_wrong(tiny_parts):
-    from redone_fast.stages.rl import Group, filter_values, has_signal
+    from redone_fast.rl.source import Group, filter_values, has_signal
     group = Group(sample=None, prompt_ids=[1], responses=[[2], [3]], truncated=[False, False],
                   task_rewards=[0.4, 0.7], rewards=[0.4, 0.7], errors=[None, None])
     assert filter_values(group, "accuracy") == [0.0, 0.0] and not has_signal(group, "accuracy")
@@ -206,18 +214,20 @@ def test_rollout_logprobs_reach_the_micro_batches(dist_ctx, tiny_parts):
 
 def test_vllm_settings_reach_the_engine(monkeypatch):
     import redone_fast.rollout.vllm_engine as vllm_engine
+    from redone_fast.rl.config import check_config, rollout_is_cap
+    from redone_fast.rl.source import make_rollout_engine
     from redone_fast.stages import rl
 
     made = {}
     monkeypatch.setattr(vllm_engine, "VLLMEngine", lambda model, tokenizer, **kw: made.update(kw) or "engine")
-    cfg = apply_config_arguments(preset("tiny"), rl.build_parser().parse_args(
+    cfg = rl.parse_args(
         ["--run-dir", "x", "--engine", "vllm", "--vllm.gpu-memory-utilization", "0.55", "--vllm.sleep-level", "2",
-         "--vllm.enforce-eager", "true", "--vllm.max-model-len", "4096", "--generation-batch", "128"]))
-    assert rl._make_engine(cfg, None, SimpleNamespace(device="cpu")) == "engine"
+         "--vllm.enforce-eager", "--vllm.max-model-len", "4096", "--generation-batch", "128"]).cfg
+    assert make_rollout_engine(cfg, None, SimpleNamespace(device="cpu")) == "engine"
     assert made == {"dtype": "auto", "gpu_memory_utilization": 0.55, "max_model_len": 4096, "sleep_level": 2,
                     "enforce_eager": True}
-    assert cfg.generation_batch == 128 and rl.rollout_is_cap(cfg) == 2.0  # truncated IS on with vLLM by default
-    assert rl.rollout_is_cap(dataclasses.replace(cfg, engine="hf")) is None
-    assert rl.rollout_is_cap(dataclasses.replace(cfg, engine="hf", rollout_correction="truncate")) == 2.0
+    assert cfg.generation_batch == 128 and rollout_is_cap(cfg) == 2.0  # truncated IS on with vLLM by default
+    assert rollout_is_cap(dataclasses.replace(cfg, engine="hf")) is None
+    assert rollout_is_cap(dataclasses.replace(cfg, engine="hf", rollout_correction="truncate")) == 2.0
     with pytest.raises(ValueError, match="filter_metric"):
-        rl.check_config(dataclasses.replace(cfg, filter_metric="acc"))
+        check_config(dataclasses.replace(cfg, filter_metric="acc"))

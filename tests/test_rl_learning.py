@@ -11,12 +11,13 @@ another); the pipeline's stage 1 measures the shipped world's own rewards (READM
   sampled and the clip is active): each rollout's first update is exactly on-policy (ratio 1: the old
   log-probs are taken before any update) and the later ones clip.
 """
-import dataclasses
 import json
 
-from redone_fast.loop import read_metrics
+from redone_fast.loop import LoopSettings, read_metrics
 from redone_fast.loop.optim import OptimConfig
-from redone_fast.stages.rl import preset, run_rl
+from redone_fast.stages.rl import run_rl
+from redone_fast.tiny import data_path
+from small_rl import SMALL_FLAGS, small_rl_config
 
 LOW_GRADE = {"name": "regex", "params": {"pattern": "(?s).*[01]"}}
 HIGH_GRADE = {"name": "regex", "params": {"pattern": "(?s).*[23]"}}
@@ -24,9 +25,8 @@ HIGH_GRADE = {"name": "regex", "params": {"pattern": "(?s).*[23]"}}
 
 def _relabelled_prompts(path, task: str, reward: dict) -> str:
     """The bundled RL prompts of `task`, scored by `reward` instead of their own."""
-    from redone_fast.stages.rl import _tiny_rl_data
     with open(path, "w") as out:
-        for file in _tiny_rl_data():
+        for file in [str(data_path("rl"))]:
             for line in open(file):
                 record = json.loads(line)
                 if record["task"] == task:
@@ -37,9 +37,9 @@ def _relabelled_prompts(path, task: str, reward: dict) -> str:
 def test_on_policy_dapo_run_raises_the_reward(dist_ctx, tmp_path):
     rollouts = 8
     data = _relabelled_prompts(tmp_path / "high_grade.jsonl", "query_relevance", HIGH_GRADE)
-    cfg = dataclasses.replace(preset("tiny"), train_files=[data], rollout_steps=rollouts, export=False,
-                              checkpoint_every_rollouts=4,
-                              optim=OptimConfig(lr=1e-3, weight_decay=0.0, schedule="constant", warmup_steps=0))
+    cfg = small_rl_config(train_files=[data], rollout_steps=rollouts, export=False,
+                          loop=LoopSettings(checkpoint_every=4),
+                          optim=OptimConfig(lr=1e-3, weight_decay=0.0, schedule="constant", warmup_steps=0))
     summary = run_rl(cfg, tmp_path / "run")
     assert summary["status"] == "finished" and summary["rollouts"] == rollouts
     rows = [r for r in read_metrics(tmp_path / "run") if "reward" in r]
@@ -61,9 +61,9 @@ def test_on_policy_dapo_run_raises_the_reward(dist_ctx, tmp_path):
 def test_off_policy_dapo_run_raises_the_reward_and_clips(dist_ctx, tmp_path):
     updates, rollouts = 4, 6
     data = _relabelled_prompts(tmp_path / "low_grade.jsonl", "query_relevance", LOW_GRADE)
-    cfg = dataclasses.replace(preset("tiny"), train_files=[data], rollout_steps=rollouts, updates_per_rollout=updates,
-                              export=False, checkpoint_every_rollouts=3,
-                              optim=OptimConfig(lr=5e-4, weight_decay=0.0, schedule="constant", warmup_steps=0))
+    cfg = small_rl_config(train_files=[data], rollout_steps=rollouts, updates_per_rollout=updates,
+                          export=False, loop=LoopSettings(checkpoint_every=3),
+                          optim=OptimConfig(lr=5e-4, weight_decay=0.0, schedule="constant", warmup_steps=0))
     summary = run_rl(cfg, tmp_path / "run")
     assert summary["status"] == "finished" and summary["step"] == updates * rollouts
     rows = [r for r in read_metrics(tmp_path / "run") if "loss" in r]
@@ -93,7 +93,7 @@ def test_rl_stage_runs_under_torchrun_on_two_processes(tmp_path):
     env["OMP_NUM_THREADS"] = "1"
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            "-m", "redone_fast.stages.rl", "--run-dir", str(tmp_path), "--tasks", "hashtag_choice",
-                           "--rollout-steps", "2", "--updates-per-rollout", "2"],
+                           *SMALL_FLAGS, "--rollout-steps", "2", "--updates-per-rollout", "2"],
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     summary = json.loads((tmp_path / "rl_result.json").read_text())

@@ -1,5 +1,5 @@
 """The bundled corpus: SNS-style and general tasks generated from small built-in vocabularies,
-deterministically under a seed (DESIGN section 6).
+deterministically under a seed (docs/design.md, "Data").
 
     generate_corpus(seed) -> {"pretrain": [...], "rl": [...], "sft_pool": [...], "eval": [...], "heldout": [...]}
     python -m redone_fast.data.corpus --out DIR [--seed 0]      # one JSONL file per split
@@ -40,19 +40,23 @@ answer (redone_fast.data.formatting).
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import random
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
+import tyro
+
+from redone_fast.config import parse_command
 from redone_fast.data.schema import Sample, write_jsonl
 from redone_fast.data.slips import SLIPS, slip_share, slipped_answer
 from redone_fast.data.tasks import TASKS
 from redone_fast.errors import ConfigError, run_cli
 
-SPLITS = ("pretrain", "rl", "sft_pool", "eval", "heldout")
+Split = Literal["pretrain", "rl", "sft_pool", "eval", "heldout"]
+SPLITS: tuple[str, ...] = Split.__args__
 SNS_TASKS = ("note_taxonomy", "hashtag_choice", "query_relevance", "entity_extraction", "slang_translation")
 GENERAL_TASKS = ("arithmetic", "copying", "simple_qa")
 HELDOUT_TASKS = ("comment_sentiment",)
@@ -82,29 +86,41 @@ EXPLAIN = "Explain briefly, then answer."
 # ---------------------------------------------------------------------------------------------------
 # category -> keywords (things a note of that category talks about), emojis, hashtags (exactly three)
 CATEGORIES: dict[str, dict[str, tuple[str, ...]]] = {
-    "Food": {"words": ("ramen", "croissant", "matcha latte", "tacos", "dumplings", "sourdough", "brunch", "hotpot", "cheesecake", "bubble tea"),
+    "Food": {"words": ("ramen", "croissant", "matcha latte", "tacos", "dumplings", "sourdough", "brunch", "hotpot",
+                       "cheesecake", "bubble tea"),
              "emojis": ("🍜", "🥐", "🍵"), "tags": ("#foodie", "#yummy", "#eatlocal")},
-    "Travel": {"words": ("road trip", "hostel", "airport", "beach town", "backpack", "train ride", "old town", "passport", "island", "night market"),
+    "Travel": {"words": ("road trip", "hostel", "airport", "beach town", "backpack", "train ride", "old town",
+                         "passport", "island", "night market"),
                "emojis": ("✈️", "🗺️", "🏝️"), "tags": ("#wanderlust", "#travelgram", "#passportready")},
-    "Beauty": {"words": ("skincare", "lipstick", "serum", "eyeliner", "sunscreen", "face mask", "blush", "foundation", "nail art", "toner"),
+    "Beauty": {"words": ("skincare", "lipstick", "serum", "eyeliner", "sunscreen", "face mask", "blush", "foundation",
+                         "nail art", "toner"),
                "emojis": ("💄", "💅", "✨"), "tags": ("#glowup", "#skincareroutine", "#makeuplook")},
-    "Fitness": {"words": ("leg day", "deadlift", "yoga flow", "protein shake", "treadmill", "pilates", "squats", "marathon", "gym bag", "stretching"),
+    "Fitness": {"words": ("leg day", "deadlift", "yoga flow", "protein shake", "treadmill", "pilates", "squats",
+                          "marathon", "gym bag", "stretching"),
                 "emojis": ("💪", "🏋️", "🏃"), "tags": ("#gymlife", "#fitfam", "#workoutmotivation")},
-    "Tech": {"words": ("laptop", "earbuds", "smartwatch", "keyboard", "phone case", "monitor", "charger", "tablet", "webcam", "router"),
+    "Tech": {"words": ("laptop", "earbuds", "smartwatch", "keyboard", "phone case", "monitor", "charger", "tablet",
+                       "webcam", "router"),
              "emojis": ("💻", "📱", "🔌"), "tags": ("#techreview", "#gadgets", "#desksetup")},
-    "Fashion": {"words": ("sneakers", "denim jacket", "tote bag", "sundress", "trench coat", "boots", "scarf", "outfit", "thrift haul", "blazer"),
+    "Fashion": {"words": ("sneakers", "denim jacket", "tote bag", "sundress", "trench coat", "boots", "scarf", "outfit",
+                          "thrift haul", "blazer"),
                 "emojis": ("👗", "👟", "🧥"), "tags": ("#ootd", "#streetstyle", "#thriftfinds")},
-    "Pets": {"words": ("puppy", "kitten", "dog park", "cat tree", "leash", "chew toy", "hamster", "vet visit", "fish tank", "litter box"),
+    "Pets": {"words": ("puppy", "kitten", "dog park", "cat tree", "leash", "chew toy", "hamster", "vet visit",
+                       "fish tank", "litter box"),
              "emojis": ("🐶", "🐱", "🐾"), "tags": ("#petsofinsta", "#dogmom", "#catsofig")},
-    "Home": {"words": ("living room", "houseplant", "candle", "bookshelf", "rug", "kitchen shelf", "bedding", "closet", "balcony", "curtains"),
+    "Home": {"words": ("living room", "houseplant", "candle", "bookshelf", "rug", "kitchen shelf", "bedding", "closet",
+                       "balcony", "curtains"),
              "emojis": ("🏠", "🪴", "🕯️"), "tags": ("#homedecor", "#cozyhome", "#roomtour")},
-    "Music": {"words": ("playlist", "concert", "guitar", "vinyl", "festival", "piano", "headphones", "album", "karaoke", "drum kit"),
+    "Music": {"words": ("playlist", "concert", "guitar", "vinyl", "festival", "piano", "headphones", "album", "karaoke",
+                        "drum kit"),
               "emojis": ("🎵", "🎸", "🎧"), "tags": ("#nowplaying", "#livemusic", "#musiclover")},
-    "Books": {"words": ("novel", "library", "book club", "reading nook", "paperback", "poetry", "bookmark", "thriller", "audiobook", "bookstore"),
+    "Books": {"words": ("novel", "library", "book club", "reading nook", "paperback", "poetry", "bookmark", "thriller",
+                        "audiobook", "bookstore"),
               "emojis": ("📚", "📖", "🔖"), "tags": ("#booktok", "#bookworm", "#currentlyreading")},
-    "Gaming": {"words": ("controller", "boss fight", "speedrun", "console", "game night", "headset", "level up", "co-op", "pixel art", "arcade"),
+    "Gaming": {"words": ("controller", "boss fight", "speedrun", "console", "game night", "headset", "level up",
+                         "co-op", "pixel art", "arcade"),
                "emojis": ("🎮", "👾", "🕹️"), "tags": ("#gamer", "#gamingsetup", "#gamenight")},
-    "Finance": {"words": ("budget", "savings", "side hustle", "credit card", "rent", "stocks", "paycheck", "coupon", "spreadsheet", "emergency fund"),
+    "Finance": {"words": ("budget", "savings", "side hustle", "credit card", "rent", "stocks", "paycheck", "coupon",
+                          "spreadsheet", "emergency fund"),
                 "emojis": ("💰", "📈", "💳"), "tags": ("#moneytips", "#budgeting", "#financialfreedom")},
 }
 CATEGORY_NAMES = tuple(CATEGORIES)
@@ -158,7 +174,8 @@ SLANG: tuple[tuple[str, str], ...] = (
     ("bet", "okay"), ("vibe check", "mood check"), ("touch grass", "go outside"), ("sus", "suspicious"),
     ("goat", "the best ever"), ("😭", "I am overwhelmed"), ("🔥", "amazing"), ("💀", "that is hilarious"),
     ("🙏", "please"), ("👀", "I am curious"), ("💯", "completely true"), ("🥹", "I am touched"), ("✨", "special"),
-    ("main character energy", "confidence"), ("rent free", "constantly in my mind"), ("hits different", "feels special"),
+    ("main character energy", "confidence"), ("rent free", "constantly in my mind"),
+    ("hits different", "feels special"),
     ("big mood", "very relatable"), ("on god", "I swear"), ("idk", "I do not know"), ("smh", "shaking my head"),
 )
 SLANG_SUBJECTS = ("this song", "the new cafe", "my outfit", "that movie", "the trip", "this recipe", "your post",
@@ -185,7 +202,8 @@ QA_TABLES: dict[str, tuple[tuple[str, ...], tuple[tuple[str, str], ...]]] = {
                  ("Mexico", "Mexico City"), ("Brazil", "Brasilia"), ("China", "Beijing"), ("India", "New Delhi"),
                  ("Russia", "Moscow"), ("Poland", "Warsaw"), ("Sweden", "Stockholm"), ("Finland", "Helsinki"),
                  ("Thailand", "Bangkok"), ("Vietnam", "Hanoi"), ("Chile", "Santiago"), ("Cuba", "Havana"))),
-    "colour": (("What color is {x}?", "Usually, {x} is what color?", "Name the color of {x}.", "Which color is {x} usually?"),
+    "colour": (("What color is {x}?", "Usually, {x} is what color?", "Name the color of {x}.",
+                "Which color is {x} usually?"),
                (("the sky", "blue"), ("grass", "green"), ("a banana", "yellow"), ("snow", "white"), ("coal", "black"),
                 ("a ripe tomato", "red"), ("an orange", "orange"), ("a lemon", "yellow"), ("milk", "white"),
                 ("a carrot", "orange"), ("the sea", "blue"), ("a leaf", "green"), ("an eggplant", "purple"),
@@ -193,7 +211,8 @@ QA_TABLES: dict[str, tuple[tuple[str, ...], tuple[tuple[str, str], ...]]] = {
                 ("a pumpkin", "orange"), ("an emerald", "green"), ("a sunflower", "yellow"))),
     "opposite": (("What is the opposite of {x}?", "Give the opposite of the word {x}.", "The opposite of {x} is?",
                   "Which word means the opposite of {x}?"),
-                 (("hot", "cold"), ("big", "small"), ("up", "down"), ("fast", "slow"), ("happy", "sad"), ("open", "closed"),
+                 (("hot", "cold"), ("big", "small"), ("up", "down"), ("fast", "slow"), ("happy", "sad"),
+                  ("open", "closed"),
                   ("early", "late"), ("light", "dark"), ("full", "empty"), ("old", "new"), ("hard", "soft"),
                   ("loud", "quiet"), ("rich", "poor"), ("wet", "dry"), ("long", "short"), ("high", "low"),
                   ("strong", "weak"), ("left", "right"), ("win", "lose"), ("push", "pull"), ("begin", "end"),
@@ -227,7 +246,8 @@ ARITH_TEMPLATES = {
           "What do you get when you add {a} to {b}?"),
     "*": ("What is {a} times {b}?", "{a} * {b} =", "Compute {a} x {b}.", "Multiply {a} by {b}.", "Calculate: {a} * {b}",
           "What is the product of {a} and {b}?"),
-    "-": ("What is {a} minus {b}?", "{a} - {b} =", "Compute {a} - {b}.", "Subtract {b} from {a}.", "Calculate: {a} - {b}",
+    "-": ("What is {a} minus {b}?", "{a} - {b} =", "Compute {a} - {b}.", "Subtract {b} from {a}.",
+          "Calculate: {a} - {b}",
           "Take {b} away from {a}. What is left?"),
 }
 
@@ -325,7 +345,8 @@ def gen_hashtag_choice(rng, hard, scope):
     return body, answer, rationale, {"category": category}
 
 
-QUERY_FORMS = ("{w}", "best {w}", "{w} review", "{w} ideas", "{w} tips", "cheap {w}", "{w} for beginners", "{w} near me")
+QUERY_FORMS = ("{w}", "best {w}", "{w} review", "{w} ideas", "{w} tips", "cheap {w}", "{w} for beginners",
+               "{w} near me")
 
 
 def gen_query_relevance(rng, hard, scope):
@@ -366,7 +387,8 @@ def gen_entity_extraction(rng, hard, scope):
     text = f"{rng.choice(FILLERS)} {', '.join(clauses)} {rng.choice(CATEGORIES[category]['emojis'])}"
     body = f"{rng.choice(INSTRUCTIONS['entity_extraction']).format(type=etype)}\nNote: {text}"
     answer = ", ".join(entities)
-    rationale = f"The {etype} names in the note are {answer}." if count > 1 else f"The only {etype} in the note is {answer}."
+    rationale = (f"The {etype} names in the note are {answer}." if count > 1
+                 else f"The only {etype} in the note is {answer}.")
     return body, answer, rationale, {"entity_type": etype, "count": count}
 
 
@@ -418,8 +440,8 @@ def gen_copying(rng, hard, scope):
     return body, text, rationale, {"words": len(words)}
 
 
-QA_HARD_RELATIONS = ("capital", "legs")
-QA_OPTIONS_SHARE = 0.4  # general multiple choice: picking one listed option is a general skill, not an SNS one  # proper nouns and numbers, vs. common words
+QA_HARD_RELATIONS = ("capital", "legs")  # proper nouns and numbers, vs. common words
+QA_OPTIONS_SHARE = 0.4  # general multiple choice: picking one listed option is a general skill, not an SNS one
 
 
 def gen_simple_qa(rng, hard, scope):
@@ -485,7 +507,8 @@ def _generate_task(task: str, split: str, count: int, seed: int, seen: set[bytes
     return samples
 
 
-WORLDS = ("plain", "slips")
+World = Literal["plain", "slips"]
+WORLDS: tuple[str, ...] = World.__args__
 
 
 def generate_corpus(seed: int = 0, sizes: dict[str, dict[str, int]] | None = None,
@@ -538,15 +561,29 @@ def main(argv=None) -> int:
     return run_cli(_main, argv)
 
 
+@dataclass
+class CorpusCommand:
+    """Write the synthetic corpus as one <split>.jsonl per split."""
+
+    out: str
+    """output folder: one <split>.jsonl per split"""
+    seed: int = 0
+    """corpus seed"""
+    splits: list[Split] = field(default_factory=lambda: list(SPLITS))
+    """the splits to write"""
+    world: World = "slips"
+    """slips (the shipped model's, as tiny.build): pretrain SNS targets slip often (redone_fast/data/slips.py);
+    plain: they never do. Only pretrain differs"""
+
+
+def parse_args(argv) -> CorpusCommand:
+    """The command line as a CorpusCommand (tyro; bad input raises ConfigError with one line)."""
+    return parse_command(CorpusCommand, argv, prog="python -m redone_fast.data.corpus",
+                         description=__doc__.split("\n\n")[0], out=tyro.MISSING)
+
+
 def _main(argv) -> int:
-    parser = argparse.ArgumentParser(prog="python -m redone_fast.data.corpus", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True, help="output folder: one <split>.jsonl per split")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS)
-    parser.add_argument("--world", default="slips", choices=WORLDS,
-                        help="slips (the shipped model's, as tiny.build): pretrain SNS targets slip often "
-                             "(redone_fast/data/slips.py); plain: they never do. Only pretrain differs")
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
     for split, path in write_corpus(args.out, args.seed, args.splits, args.world).items():
         print(f"{split:9s} {sum(1 for _ in path.open(encoding='utf-8')):6d} samples  {path}")
     return 0

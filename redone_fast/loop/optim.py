@@ -1,4 +1,4 @@
-"""AdamW and the learning-rate schedules of the paper's stages (DESIGN section 1).
+"""AdamW and the learning-rate schedules of the paper's stages (docs/method.md, "Hyperparameters").
 
 - RL (stages 1 and 3): `schedule="constant"` after `warmup_steps` linear warmup (10 steps, lr 5e-6).
 - SFT (stage 2): `schedule="cosine"` after a warmup of `warmup_ratio` of the steps (0.1), decaying to
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
@@ -20,7 +21,8 @@ from redone_fast.errors import ConfigError
 
 __all__ = ["OptimConfig", "build_optimizer", "build_scheduler", "lr_factor", "SCHEDULES"]
 
-SCHEDULES = ("constant", "cosine")
+Schedule = Literal["constant", "cosine"]
+SCHEDULES: tuple[str, ...] = Schedule.__args__
 
 
 @dataclass
@@ -28,16 +30,27 @@ class OptimConfig:
     """AdamW, clipping and the learning-rate schedule."""
 
     lr: float = 5e-6
+    """peak learning rate"""
     weight_decay: float = 0.1
+    """AdamW weight decay (not on 1-D parameters)"""
     beta1: float = 0.9
+    """AdamW beta1"""
     beta2: float = 0.999
+    """AdamW beta2"""
     eps: float = 1e-8
-    grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping (the norm is still logged)
-    schedule: str = "constant"  # "constant" (RL) or "cosine" (SFT)
-    warmup_steps: int = 0  # linear warmup from lr/warmup to lr; when 0, warmup_ratio of the steps is used
+    """AdamW epsilon"""
+    grad_clip: float = 1.0
+    """max global gradient norm; 0 disables clipping (the norm is still logged)"""
+    schedule: Schedule = "constant"
+    """constant (RL) or cosine (SFT)"""
+    warmup_steps: int = 0
+    """linear warmup from lr/warmup to lr; when 0, warmup_ratio of the steps is used"""
     warmup_ratio: float = 0.0
-    min_lr_ratio: float = 0.0  # cosine ends at min_lr_ratio * lr
-    fused: bool = True  # torch's fused AdamW (CUDA and CPU); False: the foreach implementation
+    """share of the steps for linear warmup, when warmup_steps is 0"""
+    min_lr_ratio: float = 0.0
+    """cosine ends at min_lr_ratio * lr"""
+    fused: bool = True
+    """torch's fused AdamW (CUDA and CPU); False: the foreach implementation"""
 
     def __post_init__(self):
         if self.schedule not in SCHEDULES:

@@ -2,15 +2,17 @@
 
     validate every input (model folder, data files, tasks, rewards) before anything trains
     eval:base        score the starting model on the eval split
-    stage1           Exploratory Learning: DAPO on the SNS prompts + general prompts (stages/rl.py)
+    stage1           Exploratory Learning: DAPO on the SNS prompts + general prompts (stages/rl.py; the
+                     `rl_from_base` settings)
     eval:stage1
     diagnosis        task scores + pass rates of the SFT pool -> capability map, failure bucket
     soft_labels      the stage-1 model's best-of-k answers to the general prompts
-    stage2           Targeted Fine-Tuning: SFT on the bucket + soft-labelled general data (stages/sft.py);
+    stage2           Targeted Fine-Tuning: SFT on the bucket + soft-labelled general data (stages/sft.py;
+                     the `sft` settings);
                      skipped, with a note, when the bucket is empty
     eval:stage2
     hard_subset      pass rates of the SNS RL prompts under the stage-2 model -> stage 3's prompts
-    stage3           Refinement Learning: DAPO on the hard subsets
+    stage3           Refinement Learning: DAPO on the hard subsets (the `rl_after_sft` settings)
     eval:stage3
 
 Each step's outcome is recorded in `<run-dir>/pipeline_state.json` as soon as it finishes; a re-run with the
@@ -35,7 +37,7 @@ from typing import Callable
 
 from redone_fast.config import to_dict
 from redone_fast.errors import RedoneError
-from redone_fast.pipeline.config import PipelineConfig, check_config, recipe_stages
+from redone_fast.pipeline.config import PipelineConfig, check_config, recipe_stages, stage_settings
 
 __all__ = ["PipelineError", "run_pipeline", "STATE_FILE", "CONFIG_FILE", "steps_of"]
 
@@ -259,11 +261,6 @@ class Pipeline:
             return self._run_rl(key, stage_dir, model)
         return self._run_sft(key, stage_dir, model)
 
-    def _rl_config(self, key: str):
-        # RL on the base model takes stage 1's settings, RL after an SFT stage stage 3's (redone's stage 3 and
-        # sft-then-rl's stage 2), so the two recipes' post-SFT RL runs under the same settings
-        return self.cfg.stage1 if key == "stage1" else self.cfg.stage3
-
     def _run_rl(self, key: str, stage_dir: Path, model: str) -> dict:
         from redone_fast.pipeline.diagnosis import split_by_domain
         from redone_fast.stages.rl import run_rl
@@ -284,7 +281,7 @@ class Pipeline:
             _barrier()
             sns_file = str(data_dir / "sns.jsonl")
             general_file = str(data_dir / "general.jsonl") if general else ""
-        base = self._rl_config(key)
+        base = stage_settings(self.cfg, self.recipe, key)
         general_files = [general_file] if general_file and Path(general_file).is_file() else []
         cfg = replace(base, model=model, tokenizer=self.cfg.tokenizer, train_files=[sns_file],
                       general_files=general_files, general_ratio=base.general_ratio if general_files else 0.0)
@@ -294,7 +291,7 @@ class Pipeline:
     def _run_sft(self, key: str, stage_dir: Path, model: str) -> dict:
         from redone_fast.pipeline.diagnosis import split_by_domain
         from redone_fast.stages.sft import run_sft
-        base = self.cfg.stage2
+        base = stage_settings(self.cfg, self.recipe, key)
         if self.recipe == "redone":  # the failure bucket + soft-labelled general data
             bucket = self.run_dir / "diagnosis" / "failure_bucket.jsonl"
             soft = self.run_dir / "soft_labels" / "general.jsonl"
@@ -349,7 +346,7 @@ class Pipeline:
         from redone_fast.pipeline.diagnosis import split_by_domain
         from redone_fast.pipeline.soft_labels import make_judge, soft_label
         _, general = split_by_domain(self.sft_samples)
-        if not general or self.cfg.stage2.general_ratio == 0:
+        if not general or self.cfg.sft.general_ratio == 0:
             self.note("soft_labels: no general samples in sft_files (or general_ratio 0): stage 2 trains on the "
                       "bucket only")
             return {"labelled": 0}
@@ -429,7 +426,8 @@ def run_pipeline(cfg: PipelineConfig, run_dir, *, recipe: str = "redone", stages
     pipeline.validate_inputs()  # before load_state writes config.json: a bad input leaves the folder as it was
     pipeline.load_state(allow_config_change)
     first_wanted = min(known.index(s) for s in wanted)
-    missing = [step for step, owner in steps if known.index(owner) < first_wanted and step not in pipeline.state["done"]]
+    missing = [step for step, owner in steps
+               if known.index(owner) < first_wanted and step not in pipeline.state["done"]]
     if missing:
         raise PipelineError(f"--stages {','.join(wanted)}: earlier steps are not done ({', '.join(missing)}); "
                             f"run them first (or leave out --stages)")

@@ -32,7 +32,8 @@ import math
 import re
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Literal
 
 from redone_fast.data.formatting import encode_prompt
 from redone_fast.data.schema import Sample
@@ -44,24 +45,29 @@ __all__ = ["EvalConfig", "ModelScores", "open_engine", "task_domain", "domain_me
            "context_length", "generate_answers", "generate_answers_flagged", "score_answers", "evaluate_samples",
            "pass_rates"]
 
-ENGINE_KINDS = ("hf", "vllm")
+EngineKind = Literal["hf", "vllm"]
+ENGINE_KINDS: tuple[str, ...] = EngineKind.__args__
 
 
 @dataclass
 class EvalConfig:
-    max_new_tokens: int = field(default=48, metadata={"help": "generation budget per answer (tokens)"})
-    batch_prompts: int = field(default=128, metadata={"help": "prompts per generate call (hf engine)"})
-    engine: str = field(default="hf", metadata={"help": "generation engine: hf (transformers) or vllm"})
-    max_samples_per_task: int = field(default=0, metadata={
-        "help": "score only the first N samples of each task, in file order (0: all)"})
-    reward_workers: int = field(default=0, metadata={"help": "reward worker processes (0: score in-process)"})
-    reward_timeout_s: float = field(default=10.0, metadata={
-        "help": "time limit per reward call in the workers (seconds; ignored in-process)"})
-    headroom_k: int = field(default=0, metadata={
-        "help": "also measure the sampling headroom with K answers per prompt at temperature 1 "
-                "(redone_fast.pipeline.headroom; 0: off)"})
-    headroom_samples_per_task: int = field(default=0, metadata={
-        "help": "headroom on the first N samples of each task (0: all)"})
+    max_new_tokens: int = 48
+    """generation budget per answer (tokens)"""
+    batch_prompts: int = 128
+    """prompts per generate call (hf engine)"""
+    engine: EngineKind = "hf"
+    """generation engine: hf (transformers) or vllm"""
+    max_samples_per_task: int = 0
+    """score only the first N samples of each task, in file order (0: all)"""
+    reward_workers: int = 0
+    """reward worker processes (0: score in-process)"""
+    reward_timeout_s: float = 10.0
+    """time limit per reward call in the workers (seconds; ignored in-process)"""
+    headroom_k: int = 0
+    """also measure the sampling headroom with K answers per prompt at temperature 1 (redone_fast.pipeline.headroom;
+    0: off)"""
+    headroom_samples_per_task: int = 0
+    """headroom on the first N samples of each task (0: all)"""
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINE_KINDS:

@@ -15,54 +15,69 @@ RL stages), gradient clipping at 1.0, one 16k-token micro-batch per pack.
 """
 from __future__ import annotations
 
-import json
 import sys
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Literal
 
-from redone_fast.config import to_dict
+from redone_fast.config import check_choices
+from redone_fast.data.formatting import encode_sample
+from redone_fast.data.packing import PackedBatch, pack
+from redone_fast.data.schema import load_jsonl
 from redone_fast.errors import ConfigError
+from redone_fast.loop import LoopConfig, TokenCrossEntropy, Trainer, evaluate_loss, rank_micro_batches, train
 from redone_fast.loop.optim import OptimConfig
-from redone_fast.parallelize import ParallelConfig
+from redone_fast.loop.outer import LoopSettings
+from redone_fast.parallelize import ParallelConfig, check_parallel_config
+from redone_fast.stages.cli import StageCommand, parse_stage_args, stage_main
+from redone_fast.stages.result import finish_stage
+from redone_fast.stages.setup import start_stage
+from redone_fast.stages.sft_data import SFTBatches
+from redone_fast.tiny import data_path, model_path
 
-__all__ = ["SFTConfig", "preset", "PRESETS", "check_config", "run_sft", "main"]
-
-
-def _tiny_model() -> str:
-    from redone_fast.tiny import model_path
-    return str(model_path())
-
-
-def _tiny_data(split: str) -> list[str]:
-    from redone_fast.tiny import data_path
-    return [str(data_path(split))]
+__all__ = ["SFTConfig", "preset", "PRESETS", "check_config", "run_sft", "parse_args", "main"]
 
 
 @dataclass
 class SFTConfig:
-    model: str = field(default_factory=_tiny_model, metadata={"help": "local model folder (HF: config + safetensors)"})
-    tokenizer: str | None = field(default=None, metadata={"help": "tokenizer folder; none: the model folder"})
-    train_files: list[str] = field(default_factory=lambda: _tiny_data("sft_pool"),
-                                   metadata={"help": "JSONL files of task samples (every sample once per epoch)"})
-    general_files: list[str] = field(default_factory=list, metadata={"help": "JSONL files of general samples"})
-    general_ratio: float = field(default=0.0, metadata={"help": "share of general samples in each epoch's mix"})
-    eval_files: list[str] = field(default_factory=lambda: _tiny_data("eval"),
-                                  metadata={"help": "held-out JSONL files for the periodic eval loss"})
-    eval_max_samples: int = field(default=256, metadata={"help": "eval on at most this many samples (the first)"})
-    eval_every: int = field(default=0, metadata={"help": "eval loss every N steps (0: at the end only)"})
-    epochs: int = field(default=2, metadata={"help": "passes over the mix"})
-    batch_size: int = field(default=64, metadata={"help": "samples per optimizer step"})
-    batch_tokens: int = field(default=0, metadata={"help": "if > 0: tokens per optimizer step instead of samples"})
-    micro_batch_tokens: int = field(default=16384, metadata={"help": "token budget of one packed micro-batch"})
-    max_length: int = field(default=16384, metadata={"help": "longest sample in tokens (<= micro_batch_tokens)"})
-    overlong: str = field(default="truncate", metadata={"help": "samples over max_length: truncate or drop"})
-    max_steps: int = field(default=0, metadata={"help": "stop after this many steps (0: all epochs)"})
-    seed: int = field(default=0, metadata={"help": "data order seed"})
-    log_every: int = field(default=1, metadata={"help": "log every N steps (the only host syncs of a step)"})
-    checkpoint_every: int = field(default=100, metadata={"help": "checkpoint every N steps (and at the end)"})
-    keep_checkpoints: int = field(default=2, metadata={"help": "complete checkpoints kept"})
-    export: bool = field(default=True, metadata={"help": "write a Hugging Face folder <run-dir>/export at the end"})
+    """One SFT stage. The defaults are the paper's stage-2 settings without paths or general data (see the
+    presets)."""
+
+    model: str = ""
+    """local model folder (HF: config + safetensors)"""
+    tokenizer: str | None = None
+    """tokenizer folder; None: the model folder"""
+    train_files: list[str] = field(default_factory=list)
+    """JSONL files of task samples (every sample once per epoch)"""
+    general_files: list[str] = field(default_factory=list)
+    """JSONL files of general samples"""
+    general_ratio: float = 0.0
+    """share of general samples in each epoch's mix"""
+    eval_files: list[str] = field(default_factory=list)
+    """held-out JSONL files for the periodic eval loss"""
+    eval_max_samples: int = 256
+    """eval on at most this many samples (the first)"""
+    eval_every: int = 0
+    """eval loss every N steps (0: at the end only)"""
+    epochs: int = 2
+    """passes over the mix"""
+    batch_size: int = 64
+    """samples per optimizer step"""
+    batch_tokens: int = 0
+    """if > 0: tokens per optimizer step instead of samples"""
+    micro_batch_tokens: int = 16384
+    """token budget of one packed micro-batch"""
+    max_length: int = 16384
+    """longest sample in tokens (<= micro_batch_tokens)"""
+    overlong: Literal["truncate", "drop"] = "truncate"
+    """samples over max_length: truncate or drop"""
+    max_steps: int = 0
+    """stop after this many steps (0: all epochs)"""
+    seed: int = 0
+    """data order seed"""
+    loop: LoopSettings = field(default_factory=LoopSettings)
+    """logging and checkpoints (`loop.checkpoint_every` counts optimizer steps; 0: at the end only)"""
+    export: bool = True
+    """write a Hugging Face folder <run-dir>/export at the end"""
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-6, weight_decay=0.1, schedule="cosine",
                                                                    warmup_ratio=0.1, grad_clip=1.0))
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
@@ -74,8 +89,9 @@ def preset(name: str) -> SFTConfig:
         return SFTConfig(epochs=2, batch_size=64, micro_batch_tokens=16384, max_length=16384, general_ratio=0.056,
                          optim=OptimConfig(lr=5e-6, weight_decay=0.1, schedule="cosine", warmup_ratio=0.1))
     if name == "tiny":
-        return SFTConfig(epochs=2, batch_size=32, micro_batch_tokens=2048, max_length=512, eval_every=20,
-                         checkpoint_every=20, eval_max_samples=128,
+        return SFTConfig(model=str(model_path()), train_files=[str(data_path("sft_pool"))],
+                         eval_files=[str(data_path("eval"))], epochs=2, batch_size=32, micro_batch_tokens=2048,
+                         max_length=512, eval_every=20, loop=LoopSettings(checkpoint_every=20), eval_max_samples=128,
                          optim=OptimConfig(lr=1e-3, weight_decay=0.1, schedule="cosine", warmup_ratio=0.1),
                          parallel=ParallelConfig(activation_checkpointing=False))
     raise ConfigError(f"unknown SFT preset {name!r} (known: {', '.join(PRESETS)})")
@@ -87,26 +103,23 @@ PRESETS = ("tiny", "paper")
 def check_config(cfg: SFTConfig) -> None:
     """Reject bad values before anything is built or written (ConfigError naming the field): the pipeline
     checks every stage's settings this way before its first step."""
-    from redone_fast.data.packing import OVERLONG_POLICIES
-    from redone_fast.parallelize import check_parallel_config
-    if cfg.overlong not in OVERLONG_POLICIES:
-        raise ConfigError(f"overlong: must be one of {', '.join(OVERLONG_POLICIES)}; got {cfg.overlong!r}")
+    check_choices(cfg)  # overlong, optim.schedule, ...: values from code or files, not only from flags
     minimum = {"epochs": 1, "batch_size": 1, "batch_tokens": 0, "micro_batch_tokens": 2, "max_length": 2,
-               "max_steps": 0, "eval_max_samples": 0, "eval_every": 0, "log_every": 1, "checkpoint_every": 0,
-               "keep_checkpoints": 1}
+               "max_steps": 0, "eval_max_samples": 0, "eval_every": 0, "loop.log_every": 1,
+               "loop.checkpoint_every": 0, "loop.keep_checkpoints": 1}
     for name, least in minimum.items():
-        if getattr(cfg, name) < least:
-            raise ConfigError(f"{name}: must be >= {least}, got {getattr(cfg, name)}")
+        value = getattr(cfg.loop, name[5:]) if name.startswith("loop.") else getattr(cfg, name)
+        if value < least:
+            raise ConfigError(f"{name}: must be >= {least}, got {value}")
     if cfg.max_length > cfg.micro_batch_tokens:
-        raise ConfigError(f"max_length ({cfg.max_length}) must not exceed micro_batch_tokens ({cfg.micro_batch_tokens})")
+        raise ConfigError(f"max_length ({cfg.max_length}) must not exceed micro_batch_tokens "
+                          f"({cfg.micro_batch_tokens})")
     if not 0.0 <= cfg.general_ratio < 1.0:
         raise ConfigError(f"general_ratio: must be in [0, 1), got {cfg.general_ratio}")
     check_parallel_config(cfg.parallel)
 
 
 def _encode_files(tokenizer, files: list[str], max_length: int, limit: int | None = None):
-    from redone_fast.data.formatting import encode_sample
-    from redone_fast.data.schema import load_jsonl
     samples = [s for path in files for s in load_jsonl(path)]
     if limit is not None:
         samples = samples[:limit]
@@ -114,8 +127,6 @@ def _encode_files(tokenizer, files: list[str], max_length: int, limit: int | Non
 
 
 def _eval_loss_fn(model, eval_batches, objective, device):
-    from redone_fast.loop import evaluate_loss
-
     def evaluate() -> dict:
         model.eval()
         try:
@@ -125,40 +136,23 @@ def _eval_loss_fn(model, eval_batches, objective, device):
     return evaluate
 
 
-def run_sft(cfg: SFTConfig, run_dir, *, stage: str = "sft") -> dict:
-    """Train (or resume) the SFT stage in `run_dir`; returns a summary (also written as sft_result.json)."""
-    from redone_fast.data.packing import pack
-    from redone_fast.distributed import init_distributed
-    from redone_fast.loop import (LoopConfig, TokenCrossEntropy, Trainer, build_optimizer, build_scheduler,
-                                  rank_micro_batches, train)
-    from redone_fast.stages.result import finish_stage
-    from redone_fast.model import load_tokenizer
-    from redone_fast.parallelize import build_model
-    from redone_fast.stages.sft_data import SFTBatches
-    from redone_fast.data.packing import PackedBatch
-
-    run_dir = Path(run_dir)
-    started = time.perf_counter()
-    ctx = init_distributed()
-    check_config(cfg)
-    tokenizer = load_tokenizer(cfg.tokenizer or cfg.model)
+def _sft_data(cfg: SFTConfig, ctx, tokenizer) -> tuple[SFTBatches, int]:
+    """The stage's batches (this rank's share of each step) and its number of optimizer steps."""
     task = _encode_files(tokenizer, cfg.train_files, cfg.max_length)
     general = _encode_files(tokenizer, cfg.general_files, cfg.max_length) if cfg.general_files else []
     data = SFTBatches(task, general, epochs=cfg.epochs, general_ratio=cfg.general_ratio, batch_size=cfg.batch_size,
                       batch_tokens=cfg.batch_tokens, micro_batch_tokens=cfg.micro_batch_tokens,
                       max_length=cfg.max_length, overlong=cfg.overlong, seed=cfg.seed, rank=ctx.rank,
                       world_size=ctx.world_size)
-    total_steps = data.total_steps if not cfg.max_steps else min(cfg.max_steps, data.total_steps)
+    return data, data.total_steps if not cfg.max_steps else min(cfg.max_steps, data.total_steps)
 
-    if ctx.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / f"{stage}_config.json").write_text(json.dumps(to_dict(cfg), indent=1), encoding="utf-8")
 
-    model = build_model(cfg.model, ctx.mesh, cfg.parallel, device=ctx.device)
-    optimizer = build_optimizer(model, cfg.optim)
-    scheduler = build_scheduler(optimizer, cfg.optim, total_steps)
+def run_sft(cfg: SFTConfig, run_dir, *, stage: str = "sft") -> dict:
+    """Train (or resume) the SFT stage in `run_dir`; returns a summary (also written as sft_result.json)."""
+    setup = start_stage(cfg, run_dir, stage, check_config=check_config, prepare=_sft_data)
+    ctx, model, tokenizer, total_steps = setup.ctx, setup.model, setup.tokenizer, setup.total_steps
     objective = TokenCrossEntropy()
-    trainer = Trainer(model, optimizer, scheduler, objective, ctx)
+    trainer = Trainer(model, setup.optimizer, setup.scheduler, objective, ctx)
 
     evaluate = None
     if cfg.eval_files:
@@ -167,25 +161,29 @@ def run_sft(cfg: SFTConfig, run_dir, *, stage: str = "sft") -> dict:
         eval_batches = rank_micro_batches(eval_batches, ctx.rank, ctx.world_size, PackedBatch.without_targets)
         evaluate = _eval_loss_fn(model, eval_batches, objective, ctx.device)
 
-    loop = LoopConfig(total_steps=total_steps, log_every=cfg.log_every, eval_every=cfg.eval_every or total_steps,
-                      checkpoint_every=cfg.checkpoint_every, keep_checkpoints=cfg.keep_checkpoints,
+    loop = LoopConfig(total_steps=total_steps, log_every=cfg.loop.log_every,
+                      eval_every=cfg.eval_every or total_steps, checkpoint_every=cfg.loop.checkpoint_every,
+                      keep_checkpoints=cfg.loop.keep_checkpoints,
                       grad_clip=cfg.optim.grad_clip)
-    outcome = train(trainer, data, loop, run_dir=run_dir, stage=stage, evaluate=evaluate)
+    outcome = train(trainer, setup.data, loop, run_dir=setup.run_dir, stage=stage, evaluate=evaluate)
     history = outcome.history
-    return finish_stage(run_dir, stage, ctx, outcome, model=model, tokenizer=tokenizer, export=cfg.export,
-                        total_steps=total_steps, started=started,
+    return finish_stage(setup.run_dir, stage, ctx, outcome, model=model, tokenizer=tokenizer, export=cfg.export,
+                        total_steps=total_steps, started=setup.started,
                         final_loss=next((r["loss"] for r in reversed(history) if "loss" in r), None),
                         final_eval_loss=next((r["eval_loss"] for r in reversed(history) if "eval_loss" in r), None))
 
 
-def build_parser():
-    from redone_fast.stages.cli import stage_parser
-    return stage_parser("python -m redone_fast.stages.sft", __doc__.split("\n\n")[0], SFTConfig, preset, PRESETS)
+def parse_args(argv) -> StageCommand:
+    """The command line as a `StageCommand[SFTConfig]` (tyro; bad input raises ConfigError with one line)."""
+    return parse_stage_args(SFTConfig, PRESET_FUNCTIONS, argv, prog=PROG, description=__doc__.split("\n\n")[0])
 
 
 def main(argv=None) -> int:
-    from redone_fast.stages.cli import stage_main
-    return stage_main(build_parser(), preset, run_sft, argv)
+    return stage_main(SFTConfig, PRESET_FUNCTIONS, run_sft, argv, prog=PROG, description=__doc__.split("\n\n")[0])
+
+
+PROG = "python -m redone_fast.stages.sft"
+PRESET_FUNCTIONS = {name: (lambda name=name: preset(name)) for name in PRESETS}
 
 
 if __name__ == "__main__":

@@ -57,7 +57,8 @@ class EpochMix:
 
     def order(self, epoch: int) -> list[tuple[str, int]]:
         """[("task", i) | ("general", j)] for one epoch."""
-        general_order = _permutation(self.num_general, self.seed * 1_000_003 + 2 * epoch + 1) if self.num_general else []
+        general_order = (_permutation(self.num_general, self.seed * 1_000_003 + 2 * epoch + 1)
+                         if self.num_general else [])
         chosen = [general_order[k % len(general_order)] for k in range(self.general_per_epoch)]
         mix = [("task", i) for i in range(self.num_task)] + [("general", j) for j in chosen]
         return [mix[k] for k in _permutation(len(mix), self.seed * 1_000_003 + 2 * epoch)]

@@ -16,17 +16,18 @@ greedy per-task scores on the eval split.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, field, is_dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Annotated, Literal
 
 import torch
+import tyro
 
-from redone_fast.data.corpus import WORLDS, generate_corpus
-from redone_fast.config import parse_bool
+from redone_fast.config import parse_command
+from redone_fast.data.corpus import generate_corpus
 from redone_fast.data.schema import write_jsonl
 from redone_fast.errors import run_cli
 from redone_fast.tiny import ASSETS, BUILD_SEED, SHIPPED_SPLITS
@@ -50,7 +51,8 @@ class ModelShape:
 @dataclass
 class BuildConfig:
     seed: int = BUILD_SEED
-    world: str = "slips"  # the pretrain SNS targets slip often (redone_fast/data/slips.py); "plain": they never do
+    world: Literal["plain", "slips"] = "slips"
+    """slips: the pretrain SNS targets slip often (redone_fast/data/slips.py); plain: they never do"""
     vocab_size: int = 3072  # BPE target; the trainer stops earlier when merges run out (min frequency 2)
     threads: int = 2
     model: ModelShape = field(default_factory=ModelShape)
@@ -74,7 +76,8 @@ def save_tokenizer(tokenizer, folder: Path) -> None:
         "chat_template": CHAT_TEMPLATE,
     }
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
-    special = {"eos_token": tokenizer.eos_token, "pad_token": tokenizer.pad_token, "additional_special_tokens": [IM_START]}
+    special = {"eos_token": tokenizer.eos_token, "pad_token": tokenizer.pad_token,
+               "additional_special_tokens": [IM_START]}
     (folder / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
 
 
@@ -136,7 +139,8 @@ def build(out: str | Path = ASSETS, cfg: BuildConfig | None = None, *, evaluate_
         times["eval_s"] = time.perf_counter() - t
         for task, row in {**report["eval"], **report["heldout"]}.items():
             extra = f"  set F1 {row['set_f1']:.2f}" if "set_f1" in row else ""
-            log(f"  {task:18s} exact match {row['exact_match']:.2f}{extra}  (n={int(row['n'])}, one line {row['single_line']:.2f})")
+            log(f"  {task:18s} exact match {row['exact_match']:.2f}{extra}  "
+                f"(n={int(row['n'])}, one line {row['single_line']:.2f})")
     report["times"] = times
     (model_dir / "build_report.json").write_text(json.dumps(report, indent=1) + "\n")
     log(f"done: {', '.join(f'{k} {v:.0f}' for k, v in times.items())}")
@@ -148,39 +152,26 @@ def main(argv=None) -> int:
     return run_cli(_main, argv)
 
 
+@dataclass
+class BuildCommand:
+    """Rebuild the bundled tiny default from nothing: corpus -> tokenizer -> base model -> eval report."""
+
+    cfg: Annotated[BuildConfig, tyro.conf.arg(name="")]
+    out: str = str(ASSETS)
+    """output folder"""
+    eval: bool = True
+    """greedy eval on the eval and held-out splits at the end (--no-eval skips it)"""
+
+
+def parse_args(argv) -> BuildCommand:
+    """The command line as a BuildCommand (tyro; bad input raises ConfigError with one line)."""
+    return parse_command(BuildCommand, argv, prog="python -m redone_fast.tiny.build",
+                         description=__doc__.split("\n\n")[0], cfg=BuildConfig())
+
+
 def _main(argv) -> int:
-    parser = argparse.ArgumentParser(prog="python -m redone_fast.tiny.build", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default=str(ASSETS), help=f"output folder (default: the bundled assets, {ASSETS})")
-    parser.add_argument("--seed", type=int, default=BUILD_SEED)
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (timings in README.md: 2)")
-    parser.add_argument("--epochs", type=float, default=None, help="passes over the pretrain split")
-    parser.add_argument("--lr", type=float, default=None)
-    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
-                        help="override a config field, e.g. train.batch_tokens=2048 model.hidden_size=128")
-    parser.add_argument("--no-eval", action="store_true", help="skip the greedy eval at the end")
-    parser.add_argument("--world", default="slips", choices=WORLDS,
-                        help="slips (the default, shipped): a base that answers SNS tasks unreliably "
-                             "(redone_fast/data/slips.py); plain: the first bundled world, no slips")
-    args = parser.parse_args(argv)
-    cfg = BuildConfig(seed=args.seed, threads=args.threads, world=args.world)
-    if args.epochs is not None:
-        cfg.train.epochs = args.epochs
-    if args.lr is not None:
-        cfg.train.lr = args.lr
-    for item in args.set:
-        name, sep, value = item.partition("=")
-        *path, leaf = name.split(".")
-        target = cfg
-        for part in path:
-            target = getattr(target, part, None)
-        if not sep or target is None or not hasattr(target, leaf) or is_dataclass(getattr(target, leaf)):
-            parser.error(f"--set: expected FIELD=VALUE with a known field, got {item!r}")
-        kind = type(getattr(target, leaf))
-        try:
-            setattr(target, leaf, parse_bool(value) if kind is bool else kind(value))
-        except (ValueError, argparse.ArgumentTypeError):
-            parser.error(f"--set {name}: expected a {kind.__name__}, got {value!r}")
-    build(args.out, cfg, evaluate_eval=not args.no_eval)
+    args = parse_args(argv)
+    build(args.out, args.cfg, evaluate_eval=args.eval)
     return 0
 
 
