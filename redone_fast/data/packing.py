@@ -16,6 +16,7 @@ PackingStats.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 
@@ -23,7 +24,8 @@ from redone_fast.data.formatting import EncodedSample
 from redone_fast.errors import ConfigError
 
 IGNORE_INDEX = -100  # labels with this value carry no loss (torch's convention); the one definition
-OVERLONG_POLICIES = ("truncate", "drop")
+OverlongPolicy = Literal["truncate", "drop"]  # what packing does with a sample over max_length
+OVERLONG_POLICIES: tuple[str, ...] = OverlongPolicy.__args__
 
 
 @dataclass

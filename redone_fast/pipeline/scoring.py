@@ -33,20 +33,16 @@ import re
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 from redone_fast.data.formatting import encode_prompt
 from redone_fast.data.schema import Sample
 from redone_fast.data.tasks import TASKS
 from redone_fast.errors import ConfigError
-from redone_fast.rollout.base import SamplingParams
+from redone_fast.rollout.base import ENGINE_KINDS, EngineKind, SamplingParams
 
 __all__ = ["EvalConfig", "ModelScores", "open_engine", "task_domain", "domain_means", "first_per_task",
            "context_length", "generate_answers", "generate_answers_flagged", "score_answers", "evaluate_samples",
            "pass_rates"]
-
-EngineKind = Literal["hf", "vllm"]
-ENGINE_KINDS: tuple[str, ...] = EngineKind.__args__
 
 
 @dataclass

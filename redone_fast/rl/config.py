@@ -13,7 +13,7 @@ from redone_fast.loop.optim import OptimConfig
 from redone_fast.loop.outer import LoopSettings
 from redone_fast.parallelize import ParallelConfig, check_parallel_config
 from redone_fast.rl.loss import DAPOObjective
-from redone_fast.rollout.base import SamplingParams
+from redone_fast.rollout.base import EngineKind, SamplingParams
 from redone_fast.tiny import data_path, model_path
 
 __all__ = ["RLConfig", "VLLMSettings", "preset", "PRESETS", "FILTER_METRICS", "ROLLOUT_CORRECTIONS", "check_config",
@@ -106,7 +106,7 @@ class RLConfig:
     """upper cap of the truncated IS weight (TRL: 2)"""
     micro_batch_tokens: int = 16384
     """token budget of a packed micro-batch"""
-    engine: Literal["hf", "vllm"] = "hf"
+    engine: EngineKind = "hf"
     """rollout engine: hf (transformers) or vllm"""
     generation_batch: int = 64
     """prompts per generate call (both engines)"""

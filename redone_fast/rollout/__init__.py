@@ -10,16 +10,13 @@
 from __future__ import annotations
 
 from redone_fast.errors import ConfigError
-from redone_fast.rollout.base import Rollout, RolloutEngine, SamplingParams
+from redone_fast.rollout.base import ENGINE_KINDS, EngineKind, Rollout, RolloutEngine, SamplingParams
 from redone_fast.rollout.hf_engine import HFEngine
 from redone_fast.rollout.vllm_engine import VLLMEngine  # imports vllm only when an engine is made
 from redone_fast.rollout.weights import drain, iter_full_parameters, iter_weight_buckets
 
 __all__ = ["SamplingParams", "Rollout", "RolloutEngine", "HFEngine", "VLLMEngine", "make_engine",
-           "ENGINE_KINDS", "iter_full_parameters", "iter_weight_buckets", "drain"]
-
-ENGINE_KINDS = ("hf", "vllm")
-
+           "ENGINE_KINDS", "EngineKind", "iter_full_parameters", "iter_weight_buckets", "drain"]
 
 def make_engine(kind: str, model_path, **kwargs) -> RolloutEngine:
     """A rollout engine: kind "hf" -> HFEngine(model_path, **kwargs), "vllm" -> VLLMEngine(model_path, **kwargs)."""

@@ -13,11 +13,14 @@ log-probs are those of the unscaled distribution (`log_softmax(logits)`, as if t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 from redone_fast.errors import ConfigError
 
-__all__ = ["SamplingParams", "Rollout", "RolloutEngine", "check_prompts"]
+__all__ = ["SamplingParams", "Rollout", "RolloutEngine", "check_prompts", "EngineKind", "ENGINE_KINDS"]
+
+EngineKind = Literal["hf", "vllm"]  # the rollout engines a config can name
+ENGINE_KINDS: tuple[str, ...] = EngineKind.__args__
 
 
 @dataclass(frozen=True)

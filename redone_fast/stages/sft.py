@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from typing import Literal
 
 from redone_fast.config import check_choices
 from redone_fast.data.formatting import encode_sample
-from redone_fast.data.packing import PackedBatch, pack
+from redone_fast.data.packing import OverlongPolicy, PackedBatch, pack
 from redone_fast.data.schema import load_jsonl
 from redone_fast.errors import ConfigError
 from redone_fast.loop import LoopConfig, TokenCrossEntropy, Trainer, evaluate_loss, rank_micro_batches, train
@@ -68,7 +67,7 @@ class SFTConfig:
     """token budget of one packed micro-batch"""
     max_length: int = 16384
     """longest sample in tokens (<= micro_batch_tokens)"""
-    overlong: Literal["truncate", "drop"] = "truncate"
+    overlong: OverlongPolicy = "truncate"
     """samples over max_length: truncate or drop"""
     max_steps: int = 0
     """stop after this many steps (0: all epochs)"""
